@@ -1,0 +1,164 @@
+//! The device configuration string: `sg/<backing device>[;key=value...]`.
+//!
+//! It comes from configfs (written by whoever created the backstore) and is
+//! treated as hostile: bounded length, printable ASCII only, an absolute
+//! path under /dev, known options with range-checked values.
+
+use std::path::PathBuf;
+
+/// Default SG_IO timeout: well under TCMU's default 30 s `cmd_time_out`,
+/// so the backing device's answer (or our BUSY) reaches the initiator
+/// before LIO gives up on the command.
+pub const DEFAULT_TIMEOUT_S: u32 = 20;
+pub const MAX_CFG_LEN: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevConfig {
+    /// The backing device as given.
+    pub path: PathBuf,
+    /// Caps the bytes of one command sent to the backing device.
+    pub max_xfer_kb: Option<u32>,
+    /// SG_IO timeout in seconds.
+    pub timeout_s: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config string is empty")]
+    Empty,
+    #[error("config string is longer than {MAX_CFG_LEN} bytes")]
+    TooLong,
+    #[error("config string contains a non-printable or non-ASCII character")]
+    BadChar,
+    #[error("handler '{0}' is not sg (expected sg/<device>)")]
+    Subtype(String),
+    #[error("backing device '{0}' is not an absolute path under /dev")]
+    Path(String),
+    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s)")]
+    UnknownOption(String),
+    #[error("option '{0}' needs a value (key=value)")]
+    MissingValue(String),
+    #[error("option {key}={value}: {why}")]
+    BadValue {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("option '{0}' given twice")]
+    Duplicate(String),
+}
+
+fn number(key: &str, value: &str, min: u32, max: u32, why: &'static str) -> Result<u32, ConfigError> {
+    let bad = || ConfigError::BadValue {
+        key: key.into(),
+        value: value.into(),
+        why,
+    };
+    let n: u32 = value.parse().map_err(|_| bad())?;
+    if !(min..=max).contains(&n) {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+/// Parses a config string. A leading `sg/` is expected (as in the uio name
+/// and in targetcli's CheckConfig); a bare `/dev/...` is accepted too.
+pub fn parse(cfg: &str) -> Result<DevConfig, ConfigError> {
+    if cfg.is_empty() {
+        return Err(ConfigError::Empty);
+    }
+    if cfg.len() > MAX_CFG_LEN {
+        return Err(ConfigError::TooLong);
+    }
+    if !cfg.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ConfigError::BadChar);
+    }
+    let rest = if let Some(r) = cfg.strip_prefix("sg/") {
+        r
+    } else if cfg.starts_with('/') {
+        cfg
+    } else {
+        let sub = cfg.split('/').next().unwrap_or_default();
+        return Err(ConfigError::Subtype(sub.into()));
+    };
+    let mut parts = rest.split(';');
+    let path = parts.next().unwrap_or_default().trim();
+    if !path.starts_with("/dev/")
+        || path.len() <= 5
+        || path.split('/').any(|c| c == "..")
+    {
+        return Err(ConfigError::Path(path.into()));
+    }
+    let mut c = DevConfig {
+        path: PathBuf::from(path),
+        max_xfer_kb: None,
+        timeout_s: DEFAULT_TIMEOUT_S,
+    };
+    let mut seen = Vec::new();
+    for opt in parts {
+        let opt = opt.trim();
+        if opt.is_empty() {
+            continue;
+        }
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| ConfigError::MissingValue(opt.into()))?;
+        if seen.contains(&k) {
+            return Err(ConfigError::Duplicate(k.into()));
+        }
+        seen.push(k);
+        match k {
+            "max_xfer_kb" => {
+                c.max_xfer_kb = Some(number(k, v, 4, 1 << 20, "expected 4..=1048576 KiB")?);
+            }
+            "timeout_s" => c.timeout_s = number(k, v, 1, 3600, "expected 1..=3600 seconds")?,
+            _ => return Err(ConfigError::UnknownOption(k.into())),
+        }
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_strings() {
+        let c = parse("sg//dev/sdb").unwrap();
+        assert_eq!(c.path, PathBuf::from("/dev/sdb"));
+        assert_eq!((c.max_xfer_kb, c.timeout_s), (None, DEFAULT_TIMEOUT_S));
+        let c = parse("sg//dev/disk/by-id/wwn-0x5000;max_xfer_kb=64;timeout_s=5").unwrap();
+        assert_eq!(c.path, PathBuf::from("/dev/disk/by-id/wwn-0x5000"));
+        assert_eq!((c.max_xfer_kb, c.timeout_s), (Some(64), 5));
+        assert_eq!(parse("/dev/sg3").unwrap().path, PathBuf::from("/dev/sg3"));
+    }
+
+    #[test]
+    fn hostile_strings() {
+        let bad = [
+            "",
+            "qcow//dev/sdb",
+            "sg/dev/sdb",
+            "sg//etc/passwd",
+            "sg//dev/../etc/passwd",
+            "sg//dev/",
+            "sg//dev/sdb;max_xfer_kb",
+            "sg//dev/sdb;max_xfer_kb=0",
+            "sg//dev/sdb;max_xfer_kb=-1",
+            "sg//dev/sdb;max_xfer_kb=99999999999",
+            "sg//dev/sdb;timeout_s=0",
+            "sg//dev/sdb;colour=blue",
+            "sg//dev/sdb;timeout_s=1;timeout_s=2",
+            "sg//dev/sd\u{7}b",
+            "sg//dev/sdé",
+        ];
+        for s in bad {
+            assert!(parse(s).is_err(), "{s:?} accepted");
+        }
+        assert_eq!(parse(&format!("sg//dev/{}", "a".repeat(2000))), Err(ConfigError::TooLong));
+        assert_eq!(
+            parse("sg//dev/sdb;colour=blue"),
+            Err(ConfigError::UnknownOption("colour".into()))
+        );
+    }
+}

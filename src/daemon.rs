@@ -1,0 +1,431 @@
+//! The daemon: a registry of devices kept in step with sysfs and the
+//! TCM-USER netlink events, one event-loop thread per device, and a shared
+//! pool of SG_IO workers.
+//!
+//! A command travels: uio event -> the device thread reads the ring ->
+//! a worker runs it with SG_IO -> the worker queues the completion and wakes
+//! the device thread -> the device thread writes the completions, publishes
+//! `cmd_tail` and rings the doorbell once per batch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config;
+use crate::dma::Scratch;
+use crate::error::CmdError;
+use crate::passthrough::{self, completion};
+use crate::scsi::direction::Direction;
+use crate::sg::backing::{self, Backing};
+use crate::sg::io::{sg_io, SgScratch};
+use crate::sys::{self, EventFd};
+use crate::tcmu::abi::TmrType;
+use crate::tcmu::mapping::Mapping;
+use crate::tcmu::netlink;
+use crate::tcmu::ring::{Completion, Entry, Ring};
+use crate::tcmu::uio::{self, UioDev, UioDevice};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+    pub workers: usize,
+    /// How often sysfs is rescanned even without netlink events.
+    pub rescan: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Options {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+            workers: (cpus * 4).clamp(4, 64),
+            rescan: Duration::from_secs(5),
+        }
+    }
+}
+
+/// State a device shares with the workers.
+struct DevShared {
+    label: String,
+    map: Arc<Mapping>,
+    done: Mutex<Vec<Completion>>,
+    wake: EventFd,
+    stop: AtomicBool,
+    reconfig: Mutex<Option<String>>,
+}
+
+struct Job {
+    dev: Arc<DevShared>,
+    backing: Arc<Backing>,
+    cmd: crate::tcmu::ring::CmdRequest,
+}
+
+fn worker(rx: Receiver<Job>) {
+    let mut scratch = Scratch::default();
+    let mut sg = SgScratch::default();
+    for job in rx {
+        let total = job.cmd.data_len();
+        let b = &job.backing;
+        let mut ctx = (b.fd(), &*job.dev.map, b.timeout_ms, &mut sg);
+        let (dir, o) = passthrough::execute(
+            &job.cmd,
+            &b.info.params,
+            &mut scratch,
+            &mut ctx,
+            |(fd, map, t, sg), io| sg_io(*fd, map, io, *t, sg),
+        );
+        if !o.is_good() {
+            log::debug!(
+                "{}: cmd {} opcode {:#04x} -> status {:#04x} sense {:02x?}",
+                job.dev.label,
+                job.cmd.cmd_id,
+                job.cmd.cdb[0],
+                o.status,
+                &o.sense[..crate::scsi::sense::sense_len(&o.sense).max(0)]
+            );
+        }
+        let c = completion(job.cmd.cmd_id, dir, total, &o);
+        job.dev.done.lock().unwrap().push(c);
+        job.dev.wake.wake();
+    }
+}
+
+/// Opens the backing device of a config string, or says why not.
+fn open_backing(cfg: &str) -> Result<Arc<Backing>, String> {
+    let c = config::parse(cfg).map_err(|e| e.to_string())?;
+    let b = backing::open(&c).map_err(|e| e.to_string())?;
+    Ok(Arc::new(b))
+}
+
+struct DeviceThread {
+    shared: Arc<DevShared>,
+    name: uio::UioName,
+    handle: JoinHandle<()>,
+}
+
+fn run_device(
+    shared: Arc<DevShared>,
+    uiodev: UioDevice,
+    mut ring: Ring,
+    mut backing: Result<Arc<Backing>, String>,
+    jobs: Sender<Job>,
+) {
+    let label = shared.label.clone();
+    let mut entries = Vec::new();
+    let mut stop_deadline: Option<Instant> = None;
+    let mut revents = [0i16; 2];
+    loop {
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        if stopping && stop_deadline.is_none() {
+            stop_deadline = Some(Instant::now() + Duration::from_secs(30));
+        }
+        if let Some(d) = stop_deadline {
+            if ring.outstanding() == 0 || Instant::now() > d {
+                if ring.outstanding() > 0 {
+                    log::warn!(
+                        "{label}: stopping with {} commands in flight; they stay in the ring for the next start",
+                        ring.outstanding()
+                    );
+                }
+                break;
+            }
+        }
+        if let Err(e) = sys::poll_in(&[uiodev.fd(), shared.wake.fd()], 1000, &mut revents) {
+            log::error!("{label}: poll: {e}");
+            break;
+        }
+        let mut gone = false;
+        if revents[0] != 0 {
+            if let Err(e) = sys::read_u32(uiodev.fd()) {
+                log::info!("{label}: uio device went away ({e})");
+                gone = true;
+            }
+        }
+        if revents[1] != 0 {
+            shared.wake.drain();
+        }
+        if gone {
+            break;
+        }
+        // A reconfiguration waits until the commands in flight are done.
+        let pending = shared.reconfig.lock().unwrap().is_some();
+        if pending && ring.outstanding() == 0 {
+            let cfg = shared.reconfig.lock().unwrap().take().unwrap();
+            drop(backing);
+            backing = open_backing(&cfg);
+            match &backing {
+                Ok(b) => log::info!("{label}: reconfigured: {}", b.info.describe()),
+                Err(e) => log::error!("{label}: reconfigured with a bad config ({e}); answering NOT READY"),
+            }
+        }
+        let mut batch = std::mem::take(&mut *shared.done.lock().unwrap());
+        if !stopping && !pending {
+            entries.clear();
+            if let Err(e) = ring.poll_into(&mut entries) {
+                log::error!("{label}: ring unusable: {e}; stopping this device (needs action/reset_ring)");
+                break;
+            }
+            for e in entries.drain(..) {
+                match e {
+                    Entry::Cmd(cmd) => match &backing {
+                        Ok(b) => {
+                            let job = Job {
+                                dev: shared.clone(),
+                                backing: b.clone(),
+                                cmd,
+                            };
+                            if jobs.send(job).is_err() {
+                                log::error!("{label}: worker pool gone");
+                                return;
+                            }
+                        }
+                        Err(why) => {
+                            let o = CmdError::NotReady(why.clone()).outcome();
+                            batch.push(completion(cmd.cmd_id, Direction::None, 0, &o));
+                        }
+                    },
+                    Entry::BadCmd { cmd_id, why } => {
+                        log::warn!("{label}: cmd {cmd_id}: {why}");
+                        let o = CmdError::Ring(why).outcome();
+                        batch.push(completion(cmd_id, Direction::None, 0, &o));
+                    }
+                    Entry::Tmr { tmr_type, cmd_ids } => {
+                        log::info!("{label}: task management {tmr_type:?} for commands {cmd_ids:?}");
+                        if tmr_type == TmrType::LunReset {
+                            log::info!("{label}: LUN reset; commands in flight complete as the backing device answers");
+                        }
+                    }
+                    Entry::Unknown { cmd_id, op } => {
+                        log::warn!("{label}: entry opcode {op} unknown; completing with UNKNOWN_OP");
+                        let mut c = Completion::good(cmd_id);
+                        c.unknown_op = true;
+                        batch.push(c);
+                    }
+                }
+            }
+        }
+        for c in batch {
+            if let Err(e) = ring.complete(c) {
+                log::error!("{label}: {e}");
+            }
+        }
+        if ring.flush() {
+            if let Err(e) = uiodev.kick() {
+                log::error!("{label}: uio write: {e}");
+            }
+        }
+    }
+    // Let the kernel see whatever completed.
+    for c in std::mem::take(&mut *shared.done.lock().unwrap()) {
+        let _ = ring.complete(c);
+    }
+    if ring.flush() {
+        let _ = uiodev.kick();
+    }
+}
+
+pub struct Daemon {
+    opts: Options,
+    jobs: Sender<Job>,
+    workers: Vec<JoinHandle<()>>,
+    devices: HashMap<String, DeviceThread>,
+    /// Devices that could not be started, by uio, with the name they had.
+    failed: HashMap<String, uio::UioName>,
+}
+
+impl Daemon {
+    pub fn new(opts: Options) -> Daemon {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let workers = (0..opts.workers)
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("sg-worker-{i}"))
+                    .spawn(move || worker(rx))
+                    .expect("spawn worker")
+            })
+            .collect();
+        Daemon {
+            opts,
+            jobs: tx,
+            workers,
+            devices: HashMap::new(),
+            failed: HashMap::new(),
+        }
+    }
+
+    fn start(&mut self, d: &UioDev) {
+        let label = format!("{}/{} ({})", d.name.configfs_dir(), d.name.cfg, d.uio);
+        let uiodev = match UioDevice::open(&self.opts.sys, &self.opts.dev, &d.uio) {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!("{label}: cannot open /dev/{}: {e}", d.uio);
+                self.failed.insert(d.uio.clone(), d.name.clone());
+                return;
+            }
+        };
+        let ring = match Ring::new(uiodev.map.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("{label}: {e}");
+                self.failed.insert(d.uio.clone(), d.name.clone());
+                return;
+            }
+        };
+        let backing = open_backing(&d.name.cfg);
+        match &backing {
+            Ok(b) => log::info!(
+                "{label}: serving {} (ring flags {:#x})",
+                b.info.describe(),
+                ring.flags()
+            ),
+            Err(e) => log::error!("{label}: bad config ({e}); answering every command NOT READY"),
+        }
+        let shared = Arc::new(DevShared {
+            label: label.clone(),
+            map: uiodev.map.clone(),
+            done: Mutex::new(Vec::new()),
+            wake: EventFd::new().expect("eventfd"),
+            stop: AtomicBool::new(false),
+            reconfig: Mutex::new(None),
+        });
+        let jobs = self.jobs.clone();
+        let s2 = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("dev-{}", d.uio))
+            .spawn(move || run_device(s2, uiodev, ring, backing, jobs))
+            .expect("spawn device thread");
+        self.failed.remove(&d.uio);
+        self.devices.insert(
+            d.uio.clone(),
+            DeviceThread {
+                shared,
+                name: d.name.clone(),
+                handle,
+            },
+        );
+    }
+
+    fn stop_device(&mut self, uio: &str) {
+        if let Some(t) = self.devices.remove(uio) {
+            t.shared.stop.store(true, Ordering::SeqCst);
+            t.shared.wake.wake();
+            let _ = t.handle.join();
+            log::info!("{}: stopped", t.shared.label);
+        }
+    }
+
+    /// Brings the running devices in line with sysfs.
+    pub fn reconcile(&mut self) {
+        let found = uio::scan(&self.opts.sys, "sg");
+        let live: Vec<String> = self.devices.keys().cloned().collect();
+        for uio in live {
+            let t = &self.devices[&uio];
+            let gone = t.handle.is_finished() || !found.iter().any(|d| d.uio == uio);
+            if gone {
+                self.stop_device(&uio);
+            }
+        }
+        self.failed.retain(|u, _| found.iter().any(|d| &d.uio == u));
+        for d in &found {
+            if let Some(t) = self.devices.get_mut(&d.uio) {
+                if t.name != d.name {
+                    if t.name.device != d.name.device || t.name.hba != d.name.hba {
+                        // Another device reused the uio minor.
+                        let uio = d.uio.clone();
+                        self.stop_device(&uio);
+                        self.start(d);
+                    } else {
+                        log::info!("{}: new config '{}'", t.shared.label, d.name.cfg);
+                        *t.shared.reconfig.lock().unwrap() = Some(d.name.cfg.clone());
+                        t.name = d.name.clone();
+                        t.shared.wake.wake();
+                    }
+                }
+            } else if self.failed.get(&d.uio) != Some(&d.name) {
+                self.start(d);
+            }
+        }
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Runs until SIGTERM/SIGINT.
+    pub fn run(mut self) {
+        let mut nl: Option<netlink::Listener> = None;
+        let mut nl_warned = false;
+        let mut buf = vec![0u8; 16384];
+        let mut revents = [0i16; 1];
+        let mut last_scan = Instant::now() - self.opts.rescan;
+        while !sys::stop_requested() {
+            if nl.is_none() {
+                match netlink::Listener::open() {
+                    Ok(l) => {
+                        log::info!("listening to TCM-USER netlink events");
+                        nl = Some(l);
+                    }
+                    Err(e) if !nl_warned => {
+                        log::warn!("no TCM-USER netlink events ({e}); rescanning sysfs every {:?}", self.opts.rescan);
+                        nl_warned = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            let mut event = false;
+            if let Some(l) = &nl {
+                if sys::poll_in(&[l.fd()], 1000, &mut revents).is_ok() && revents[0] != 0 {
+                    match l.recv(&mut buf) {
+                        Ok(evs) => {
+                            for e in evs {
+                                log::debug!("netlink event {} for {:?}", e.cmd, e.device);
+                            }
+                            event = true;
+                        }
+                        Err(e) => {
+                            log::warn!("netlink: {e}; reopening");
+                            nl = None;
+                        }
+                    }
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            if event || last_scan.elapsed() >= self.opts.rescan {
+                self.reconcile();
+                last_scan = Instant::now();
+            }
+        }
+        log::info!("stopping: finishing commands in flight");
+        let uios: Vec<String> = self.devices.keys().cloned().collect();
+        for u in &uios {
+            if let Some(t) = self.devices.get(u) {
+                t.shared.stop.store(true, Ordering::SeqCst);
+                t.shared.wake.wake();
+            }
+        }
+        for u in uios {
+            self.stop_device(&u);
+        }
+        drop(self.jobs);
+        for w in self.workers {
+            let _ = w.join();
+        }
+        log::info!("stopped");
+    }
+}
+
+/// For `check-config`: parses and probes without opening exclusively.
+pub fn check_config(cfg: &str) -> Result<String, String> {
+    let c = config::parse(cfg).map_err(|e| e.to_string())?;
+    let info = backing::probe(&c, Path::new("/sys")).map_err(|e| e.to_string())?;
+    Ok(format!("sg: {}", info.describe()))
+}

@@ -1,0 +1,80 @@
+//! tcmu-sg's own reasons to fail a command, and the one place they become
+//! SCSI status and sense. Failures reported by the backing device are not
+//! here: they pass through `scsi::sense::outcome` unchanged.
+
+use crate::scsi::cdb::CdbError;
+use crate::scsi::direction::DirectionError;
+use crate::scsi::sense::{code, Outcome, SenseCode};
+use crate::tcmu::ring::BadCommand;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdError {
+    /// The ring entry failed its checks; its data was never touched.
+    #[error("malformed ring entry: {0}")]
+    Ring(#[from] BadCommand),
+    #[error(transparent)]
+    Direction(#[from] DirectionError),
+    #[error(transparent)]
+    Cdb(#[from] CdbError),
+    /// SG_IO v3 has no bidirectional transfers.
+    #[error("bidirectional commands are not supported")]
+    Bidirectional,
+    /// Protection information cannot be split across chunks.
+    #[error("command with protection information (xPROTECT={0}) exceeds the transfer limit")]
+    ProtectedSplit(u8),
+    /// DIF iovecs are not passed through.
+    #[error("commands with DIF iovecs are not supported")]
+    Dif,
+    /// The device has no usable backing device.
+    #[error("device not ready: {0}")]
+    NotReady(String),
+}
+
+impl CmdError {
+    /// The sense the initiator gets for each of our errors.
+    pub fn sense_code(&self) -> SenseCode {
+        match self {
+            CmdError::Ring(_) => code::TARGET_FAILURE,
+            CmdError::Direction(DirectionError::Unknown { .. }) => code::INVALID_OPCODE,
+            CmdError::Direction(DirectionError::Empty) => code::INVALID_OPCODE,
+            CmdError::Cdb(CdbError::TooShort { .. }) => code::INVALID_FIELD,
+            CmdError::Cdb(CdbError::Overflow { .. }) => LBA_OUT_OF_RANGE,
+            CmdError::Bidirectional => code::INVALID_OPCODE,
+            CmdError::ProtectedSplit(_) | CmdError::Dif => code::INVALID_FIELD,
+            CmdError::NotReady(_) => code::NOT_READY_MANUAL_INTERVENTION,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome::check(self.sense_code())
+    }
+}
+
+const LBA_OUT_OF_RANGE: SenseCode = SenseCode::new(crate::scsi::sense::key::ILLEGAL_REQUEST, 0x21, 0x00);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::sense::status;
+
+    #[test]
+    fn every_error_is_check_condition_with_sense() {
+        let errs = [
+            CmdError::Ring(BadCommand::CdbOffset(1)),
+            CmdError::Direction(DirectionError::Unknown { opcode: 0xc0, sa: 0 }),
+            CmdError::Cdb(CdbError::TooShort { opcode: 0x28, have: 3, need: 10 }),
+            CmdError::Cdb(CdbError::Overflow { lba: u64::MAX, blocks: 2 }),
+            CmdError::Bidirectional,
+            CmdError::ProtectedSplit(1),
+            CmdError::Dif,
+            CmdError::NotReady("x".into()),
+        ];
+        for e in errs {
+            let o = e.outcome();
+            assert_eq!(o.status, status::CHECK_CONDITION);
+            assert_eq!(o.sense_code(), Some(e.sense_code()), "{e}");
+        }
+        assert_eq!(CmdError::ProtectedSplit(1).sense_code(), code::INVALID_FIELD);
+        assert_eq!(CmdError::NotReady("x".into()).sense_code().key, 0x2);
+    }
+}

@@ -1,0 +1,38 @@
+//! tcmu-sg: a LIO TCMU handler that passes every SCSI command of `sg/`
+//! devices to a backing SCSI device with SG_IO.
+//!
+//! Layers, each knowing nothing of the ones above it:
+//! - `tcmu::abi`, `scsi::cdb`, `scsi::direction`, `scsi::sense`, `dma`:
+//!   pure logic, tested alone;
+//! - `tcmu::mapping` (the only raw memory access), `tcmu::ring`, `sg::io`:
+//!   the ring and the ioctl;
+//! - `passthrough`: one command from ring entry to completion;
+//! - `daemon`: devices, threads, events.
+
+pub mod config;
+pub mod daemon;
+pub mod dma;
+pub mod error;
+pub mod passthrough;
+pub mod sys;
+
+pub mod scsi {
+    pub mod cdb;
+    pub mod direction;
+    pub mod sense;
+}
+
+pub mod sg {
+    pub mod backing;
+    pub mod io;
+}
+
+pub mod tcmu {
+    pub mod abi;
+    pub mod mapping;
+    #[cfg(any(test, feature = "mock"))]
+    pub mod mock;
+    pub mod netlink;
+    pub mod ring;
+    pub mod uio;
+}

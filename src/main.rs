@@ -1,0 +1,100 @@
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tcmu-sg", version, about = "LIO TCMU passthrough handler: serves user:sg devices with SG_IO")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Run {
+        /// error, warn, info, debug or trace.
+        #[arg(long, default_value = "info")]
+        log_level: log::LevelFilter,
+        /// Log to syslog (daemon facility) instead of stderr.
+        #[arg(long)]
+        syslog: bool,
+        /// SG_IO worker threads shared by all devices.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Check a config string (sg/<device>[;max_xfer_kb=N][;timeout_s=N]).
+    CheckConfig { cfgstring: String },
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(std::io::stderr(), "tcmu-sg[{}]: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static STDERR_LOGGER: StderrLogger = StderrLogger;
+
+fn init_logging(level: log::LevelFilter, use_syslog: bool) -> Result<(), String> {
+    if use_syslog {
+        let f = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: "tcmu-sg".into(),
+            pid: std::process::id(),
+        };
+        let logger = syslog::unix(f).map_err(|e| format!("syslog: {e}"))?;
+        log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger)))
+            .map_err(|e| e.to_string())?;
+    } else {
+        log::set_logger(&STDERR_LOGGER).map_err(|e| e.to_string())?;
+    }
+    log::set_max_level(level);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { cfgstring } => match tcmu_sg::daemon::check_config(&cfgstring) {
+            Ok(desc) => {
+                println!("{desc}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("{why}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Run {
+            log_level,
+            syslog,
+            workers,
+        } => {
+            if let Err(e) = init_logging(log_level, syslog) {
+                eprintln!("tcmu-sg: {e}");
+                return ExitCode::from(2);
+            }
+            if let Err(e) = tcmu_sg::sys::install_stop_handlers() {
+                log::error!("signals: {e}");
+                return ExitCode::from(2);
+            }
+            let mut opts = tcmu_sg::daemon::Options::default();
+            if let Some(w) = workers {
+                opts.workers = w.clamp(1, 256);
+            }
+            log::info!("tcmu-sg {} starting with {} workers", env!("CARGO_PKG_VERSION"), opts.workers);
+            tcmu_sg::daemon::Daemon::new(opts).run();
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Opening a backing SCSI device: resolve `/dev/sdX`, `/dev/sgN` and
+//! `/dev/disk/by-*` links to the block node where one exists (the block
+//! layer maps SG_IO iovecs without a copy; sg copies through kernel
+//! buffers), and read the device's limits from sysfs.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::linux::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::DevConfig;
+use crate::passthrough::DeviceParams;
+use crate::scsi::direction::DeviceClass;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackingError {
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{0}: not a device node (a regular file or directory cannot be passed through)")]
+    NotDevice(PathBuf),
+    #[error("{0}: not a SCSI device (no scsi_device in sysfs)")]
+    NotScsi(PathBuf),
+    #[error("{0}: is a partition; pass the whole disk")]
+    Partition(PathBuf),
+    #[error("{path}: bad sysfs value in {file}")]
+    Sysfs { path: PathBuf, file: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackingError + '_ {
+    move |err| BackingError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// What tcmu-sg learned about a backing device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingInfo {
+    /// The node SG_IO is issued on.
+    pub node: PathBuf,
+    /// Its sg node, if any (for logs).
+    pub sg_node: Option<PathBuf>,
+    /// True when `node` is a block device (zero-copy SG_IO).
+    pub block: bool,
+    pub peripheral_type: u8,
+    pub vendor: String,
+    pub model: String,
+    /// Capacity in logical blocks (0 when unknown, e.g. tapes).
+    pub blocks: u64,
+    pub params: DeviceParams,
+}
+
+impl BackingInfo {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB{}",
+            self.node.display(),
+            if self.block { "block" } else { "sg" },
+            self.sg_node
+                .as_ref()
+                .map(|s| format!(", {}", s.display()))
+                .unwrap_or_default(),
+            self.vendor,
+            self.model,
+            self.peripheral_type,
+            self.blocks,
+            self.params.block_size,
+            self.params.max_bytes / 1024,
+            if self.block { "" } else { ", copied through sg" },
+        )
+    }
+}
+
+/// An open backing device.
+#[derive(Debug)]
+pub struct Backing {
+    pub file: File,
+    pub info: BackingInfo,
+    pub timeout_ms: u32,
+}
+
+impl Backing {
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+fn read_num(dir: &Path, file: &str, dev: &Path) -> Result<u64, BackingError> {
+    read_trim(&dir.join(file))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| BackingError::Sysfs {
+            path: dev.to_path_buf(),
+            file: file.into(),
+        })
+}
+
+/// Resolves and inspects the backing device of `cfg` without opening it.
+/// `sys` is the sysfs root (`/sys` outside tests).
+pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
+    let given = &cfg.path;
+    let real = fs::canonicalize(given).map_err(io_err(given))?;
+    if !real.starts_with("/dev/") && sys == Path::new("/sys") {
+        return Err(BackingError::NotDevice(given.clone()));
+    }
+    let md = fs::metadata(&real).map_err(io_err(given))?;
+    let ft = md.file_type();
+    let rdev = md.st_rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let (blockdir, sg_dir) = if ft.is_block_device() {
+        let d = sys.join(format!("dev/block/{major}:{minor}"));
+        if d.join("partition").exists() {
+            return Err(BackingError::Partition(given.clone()));
+        }
+        let sg = fs::read_dir(d.join("device/scsi_generic"))
+            .ok()
+            .and_then(|mut it| it.next())
+            .and_then(|e| e.ok())
+            .map(|e| sys.join("class/scsi_generic").join(e.file_name()));
+        (Some(d), sg)
+    } else if ft.is_char_device() {
+        let d = sys.join(format!("dev/char/{major}:{minor}"));
+        let subsystem = fs::read_link(d.join("subsystem")).ok();
+        if subsystem.as_ref().and_then(|s| s.file_name()) != Some("scsi_generic".as_ref()) {
+            return Err(BackingError::NotScsi(given.clone()));
+        }
+        let blk = fs::read_dir(d.join("device/block"))
+            .ok()
+            .and_then(|mut it| it.next())
+            .and_then(|e| e.ok())
+            .map(|e| sys.join("class/block").join(e.file_name()));
+        (blk, Some(d))
+    } else {
+        return Err(BackingError::NotDevice(given.clone()));
+    };
+    let scsi_dev = blockdir
+        .as_ref()
+        .or(sg_dir.as_ref())
+        .map(|d| d.join("device"))
+        .expect("one of the two is set");
+    if !scsi_dev.join("scsi_device").exists() {
+        return Err(BackingError::NotScsi(given.clone()));
+    }
+    let peripheral_type = read_num(&scsi_dev, "type", given)? as u8;
+    let vendor = read_trim(&scsi_dev.join("vendor")).unwrap_or_default();
+    let model = read_trim(&scsi_dev.join("model")).unwrap_or_default();
+    let name = |d: &PathBuf| {
+        d.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| Path::new("/dev").join(n)))
+    };
+    let sg_node = sg_dir.as_ref().and_then(name);
+    let class = DeviceClass::from_peripheral_type(peripheral_type);
+    let (node, block, params, blocks) = if let Some(bd) = &blockdir {
+        let q = bd.join("queue");
+        let bs = read_num(&q, "logical_block_size", given)? as u32;
+        let hw = read_num(&q, "max_hw_sectors_kb", given)? * 1024;
+        let segs = read_num(&q, "max_segments", given)?.clamp(1, 1024);
+        // Data-area pages are not physically contiguous: one segment each.
+        let mut max = hw.min(segs * 4096);
+        if let Some(kb) = cfg.max_xfer_kb {
+            max = max.min(kb as u64 * 1024);
+        }
+        let bsu = bs.max(1) as u64;
+        max = (max / bsu * bsu).max(bsu);
+        let sectors = read_num(bd, "size", given)?;
+        let node = name(bd).unwrap_or_else(|| real.clone());
+        (
+            node,
+            true,
+            DeviceParams {
+                class,
+                block_size: bs,
+                max_bytes: max,
+            },
+            sectors * 512 / bsu,
+        )
+    } else {
+        // An sg-only device (tape, changer): the limit comes from BLKSECTGET
+        // on the sg node, which reports bytes there.
+        let f = File::open(&real).map_err(io_err(given))?;
+        let mut max = crate::sg::io::blksectget(f.as_raw_fd()).unwrap_or(65536).max(512);
+        if let Some(kb) = cfg.max_xfer_kb {
+            max = max.min(kb as u64 * 1024);
+        }
+        (
+            real.clone(),
+            false,
+            DeviceParams {
+                class,
+                block_size: 512,
+                max_bytes: max,
+            },
+            0,
+        )
+    };
+    Ok(BackingInfo {
+        node,
+        sg_node,
+        block,
+        peripheral_type,
+        vendor,
+        model,
+        blocks,
+        params,
+    })
+}
+
+/// Probes and opens the backing device. The block node is opened
+/// exclusively so nothing mounts the disk under the initiator's feet.
+pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
+    let info = probe(cfg, Path::new("/sys"))?;
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK);
+    if info.block {
+        o.custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_EXCL);
+    }
+    let file = o.open(&info.node).map_err(io_err(&info.node))?;
+    Ok(Backing {
+        file,
+        info,
+        timeout_ms: cfg.timeout_s.saturating_mul(1000),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(p: &str) -> DevConfig {
+        crate::config::parse(p).unwrap()
+    }
+
+    #[test]
+    fn regular_files_and_directories_are_refused() {
+        let e = probe(&cfg("/dev/null"), Path::new("/sys")).unwrap_err();
+        assert!(matches!(e, BackingError::NotScsi(_)), "{e}");
+        let e = probe(&cfg("/dev/shm"), Path::new("/sys"));
+        assert!(matches!(e, Err(BackingError::NotDevice(_)) | Err(BackingError::Io { .. })));
+        let e = probe(&cfg("/dev/does-not-exist"), Path::new("/sys")).unwrap_err();
+        assert!(matches!(e, BackingError::Io { .. }), "{e}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Small wrappers over the syscalls the event loops use: poll, eventfd,
+//! 4-byte reads and writes, and signal flags.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Reads exactly 4 bytes (uio event counters, eventfd values are 8).
+pub fn read_u32(fd: RawFd) -> io::Result<Option<u32>> {
+    let mut v = 0u32;
+    // SAFETY: reads at most 4 bytes into a live u32.
+    let n = unsafe { libc::read(fd, (&mut v as *mut u32).cast(), 4) };
+    match n {
+        4 => Ok(Some(v)),
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+        _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
+    }
+}
+
+/// Writes exactly 4 bytes (the uio doorbell).
+pub fn write_u32(fd: RawFd, v: u32) -> io::Result<()> {
+    loop {
+        // SAFETY: writes 4 bytes from a live u32.
+        let n = unsafe { libc::write(fd, (&v as *const u32).cast(), 4) };
+        if n == 4 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if n < 0 && e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(if n < 0 {
+            e
+        } else {
+            io::Error::new(io::ErrorKind::WriteZero, "short write")
+        });
+    }
+}
+
+/// An eventfd used to wake an event loop from other threads.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64; failure (counter full)
+        // still leaves the fd readable, which is all a wake-up needs.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn drain(&self) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable (or has an error) or `timeout_ms`
+/// passes. Returns the revents of each fd.
+pub fn poll_in(fds: &[RawFd], timeout_ms: i32, revents: &mut [i16]) -> io::Result<()> {
+    let mut p: [libc::pollfd; 4] = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 4];
+    assert!(fds.len() <= p.len() && revents.len() >= fds.len());
+    for (i, fd) in fds.iter().enumerate() {
+        p[i].fd = *fd;
+        p[i].events = libc::POLLIN;
+    }
+    // SAFETY: p holds fds.len() initialised pollfd entries.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    for i in 0..fds.len() {
+        revents[i] = if n > 0 { p[i].revents } else { 0 };
+    }
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Installs SIGTERM/SIGINT handlers that set a flag (`stop_requested`), and
+/// ignores SIGPIPE.
+pub fn install_stop_handlers() -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction with a handler that only stores to an
+        // atomic is async-signal-safe; sa_mask is emptied before use.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: ignoring SIGPIPE has no memory effects.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(())
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}

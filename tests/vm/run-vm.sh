@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Boots the Debian 6.1 kernel under QEMU TCG with this machine's root file
+# system shared read-only over 9p (plus a tmpfs overlay), and runs one guest
+# script as root inside it. The script's exit code becomes ours.
+#
+#   run-vm.sh GUEST_SCRIPT [ARGS...]
+#
+#   TCMU_SG_VM_CACHE   kernel and initramfs cache (default /var/cache/tcmu-sg)
+#   TCMU_SG_VM_MEM     guest memory (default 4G)
+#   TCMU_SG_VM_TIMEOUT seconds before the VM is killed (default 1500)
+#   TCMU_SG_VM_OUT     directory shared read-write as /vm-out in the guest
+#                      (default: a fresh temporary directory)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${TCMU_SG_VM_CACHE:-/var/cache/tcmu-sg}
+kdir=$(bash "$here/setup-host.sh")
+kver=$(ls "$kdir/lib/modules")
+script=$(realpath "$1"); shift
+out=${TCMU_SG_VM_OUT:-$(mktemp -d /tmp/tcmu-sg-vm.XXXXXX)}
+mkdir -p "$out"
+: > "$out/console.log"
+
+initrd="$cache/initramfs-$kver.cpio.gz"
+if [ ! -s "$initrd" ] || [ "$here/init" -nt "$initrd" ] || [ "$0" -nt "$initrd" ]; then
+    stage=$(mktemp -d)
+    mkdir -p "$stage"/{bin,proc,sys,dev,host,rw,newroot,out,mods}
+    cp /bin/busybox "$stage/bin/busybox"
+    for m in virtio_pci 9pnet_virtio 9p overlay; do
+        modprobe -d "$kdir" -S "$kver" --show-depends "$m" | awk '/^insmod/{print $2}'
+    done | awk '!seen[$0]++' > "$stage/mods/order.full"
+    : > "$stage/mods/order"
+    while read -r ko; do
+        cp "$ko" "$stage/mods/"
+        basename "$ko" >> "$stage/mods/order"
+    done < "$stage/mods/order.full"
+    rm "$stage/mods/order.full"
+    cp "$here/init" "$stage/init"
+    chmod +x "$stage/init"
+    (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd.tmp"
+    mv "$initrd.tmp" "$initrd"
+    rm -rf "$stage"
+fi
+
+# Arguments travel through a file in the shared output directory.
+printf '%s\n' "$script" "$@" > "$out/argv"
+timeout_s=${TCMU_SG_VM_TIMEOUT:-1500}
+set +e
+timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu max -smp 2 -m "${TCMU_SG_VM_MEM:-4G}" \
+    -nographic -no-reboot -nodefaults -serial "file:$out/console.log" \
+    -kernel "$kdir/boot/vmlinuz-$kver" -initrd "$initrd" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 tcmusg.kver=$kver tcmusg.kdir=$kdir" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$out,mount_tag=vmout,security_model=none,multidevs=remap" \
+    -device virtio-rng-pci >/dev/null 2>&1
+qrc=$?
+set -e
+cat "$out/guest.log" >&2 2>/dev/null || true
+if [ -f "$out/rc" ]; then
+    rc=$(cat "$out/rc")
+else
+    echo "run-vm: the guest script did not finish (qemu rc $qrc); console tail:" >&2
+    tail -40 "$out/console.log" >&2
+    rc=99
+fi
+echo "run-vm: guest script exit code $rc (console: $out/console.log)" >&2
+exit "$rc"
