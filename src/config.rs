@@ -48,7 +48,13 @@ pub enum ConfigError {
     Duplicate(String),
 }
 
-fn number(key: &str, value: &str, min: u32, max: u32, why: &'static str) -> Result<u32, ConfigError> {
+fn number(
+    key: &str,
+    value: &str,
+    min: u32,
+    max: u32,
+    why: &'static str,
+) -> Result<u32, ConfigError> {
     let bad = || ConfigError::BadValue {
         key: key.into(),
         value: value.into(),
@@ -83,10 +89,7 @@ pub fn parse(cfg: &str) -> Result<DevConfig, ConfigError> {
     };
     let mut parts = rest.split(';');
     let path = parts.next().unwrap_or_default().trim();
-    if !path.starts_with("/dev/")
-        || path.len() <= 5
-        || path.split('/').any(|c| c == "..")
-    {
+    if !path.starts_with("/dev/") || path.len() <= 5 || path.split('/').any(|c| c == "..") {
         return Err(ConfigError::Path(path.into()));
     }
     let mut c = DevConfig {
@@ -155,7 +158,10 @@ mod tests {
         for s in bad {
             assert!(parse(s).is_err(), "{s:?} accepted");
         }
-        assert_eq!(parse(&format!("sg//dev/{}", "a".repeat(2000))), Err(ConfigError::TooLong));
+        assert_eq!(
+            parse(&format!("sg//dev/{}", "a".repeat(2000))),
+            Err(ConfigError::TooLong)
+        );
         assert_eq!(
             parse("sg//dev/sdb;colour=blue"),
             Err(ConfigError::UnknownOption("colour".into()))

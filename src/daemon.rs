@@ -88,7 +88,7 @@ fn worker(rx: Receiver<Job>) {
                 job.cmd.cmd_id,
                 job.cmd.cdb[0],
                 o.status,
-                &o.sense[..crate::scsi::sense::sense_len(&o.sense).max(0)]
+                &o.sense[..crate::scsi::sense::sense_len(&o.sense)]
             );
         }
         let c = completion(job.cmd.cmd_id, dir, total, &o);
@@ -162,14 +162,18 @@ fn run_device(
             backing = open_backing(&cfg);
             match &backing {
                 Ok(b) => log::info!("{label}: reconfigured: {}", b.info.describe()),
-                Err(e) => log::error!("{label}: reconfigured with a bad config ({e}); answering NOT READY"),
+                Err(e) => log::error!(
+                    "{label}: reconfigured with a bad config ({e}); answering NOT READY"
+                ),
             }
         }
         let mut batch = std::mem::take(&mut *shared.done.lock().unwrap());
         if !stopping && !pending {
             entries.clear();
             if let Err(e) = ring.poll_into(&mut entries) {
-                log::error!("{label}: ring unusable: {e}; stopping this device (needs action/reset_ring)");
+                log::error!(
+                    "{label}: ring unusable: {e}; stopping this device (needs action/reset_ring)"
+                );
                 break;
             }
             for e in entries.drain(..) {
@@ -197,13 +201,17 @@ fn run_device(
                         batch.push(completion(cmd_id, Direction::None, 0, &o));
                     }
                     Entry::Tmr { tmr_type, cmd_ids } => {
-                        log::info!("{label}: task management {tmr_type:?} for commands {cmd_ids:?}");
+                        log::info!(
+                            "{label}: task management {tmr_type:?} for commands {cmd_ids:?}"
+                        );
                         if tmr_type == TmrType::LunReset {
                             log::info!("{label}: LUN reset; commands in flight complete as the backing device answers");
                         }
                     }
                     Entry::Unknown { cmd_id, op } => {
-                        log::warn!("{label}: entry opcode {op} unknown; completing with UNKNOWN_OP");
+                        log::warn!(
+                            "{label}: entry opcode {op} unknown; completing with UNKNOWN_OP"
+                        );
                         let mut c = Completion::good(cmd_id);
                         c.unknown_op = true;
                         batch.push(c);
@@ -374,7 +382,10 @@ impl Daemon {
                         nl = Some(l);
                     }
                     Err(e) if !nl_warned => {
-                        log::warn!("no TCM-USER netlink events ({e}); rescanning sysfs every {:?}", self.opts.rescan);
+                        log::warn!(
+                            "no TCM-USER netlink events ({e}); rescanning sysfs every {:?}",
+                            self.opts.rescan
+                        );
                         nl_warned = true;
                     }
                     Err(_) => {}

@@ -181,18 +181,26 @@ mod tests {
             block_size: 512,
             max_bytes: 4096,
         };
-        let o = run(&cdb, Direction::FromDevice, &iovs, Some(split), &mut s, &mut ctx, |c, io| {
-            c.calls.push((io.cdb.to_vec(), io.iovs.to_vec()));
-            if c.fail_at == Some(c.calls.len() - 1) {
-                let mut r = SgResult::check_condition(&crate::scsi::sense::fixed_sense(
-                    crate::scsi::sense::code::READ_ERROR,
-                ));
-                r.resid = 1024;
-                r
-            } else {
-                SgResult::good()
-            }
-        });
+        let o = run(
+            &cdb,
+            Direction::FromDevice,
+            &iovs,
+            Some(split),
+            &mut s,
+            &mut ctx,
+            |c, io| {
+                c.calls.push((io.cdb.to_vec(), io.iovs.to_vec()));
+                if c.fail_at == Some(c.calls.len() - 1) {
+                    let mut r = SgResult::check_condition(&crate::scsi::sense::fixed_sense(
+                        crate::scsi::sense::code::READ_ERROR,
+                    ));
+                    r.resid = 1024;
+                    r
+                } else {
+                    SgResult::good()
+                }
+            },
+        );
         assert_eq!(ctx.calls.len(), 2, "the third chunk is never sent");
         assert_eq!(ctx.calls[1].0[2..6], [0, 0, 0, 8]);
         assert_eq!(ctx.calls[1].1, vec![iov(4096, 4096)]);
@@ -213,12 +221,20 @@ mod tests {
             block_size: 512,
             max_bytes: 4096,
         };
-        let o = run(&cdb, Direction::FromDevice, &iovs, Some(split), &mut s, &mut n, |n, _| {
-            *n += 1;
-            let mut r = SgResult::good();
-            r.resid = 512;
-            r
-        });
+        let o = run(
+            &cdb,
+            Direction::FromDevice,
+            &iovs,
+            Some(split),
+            &mut s,
+            &mut n,
+            |n, _| {
+                *n += 1;
+                let mut r = SgResult::good();
+                r.resid = 512;
+                r
+            },
+        );
         assert_eq!(n, 1);
         assert!(o.is_good());
         assert_eq!(o.residual, 512 + 4096);
@@ -230,10 +246,18 @@ mod tests {
         let iovs = [iov(0, 96)];
         let mut s = Scratch::default();
         let mut seen = Vec::new();
-        let o = run(&cdb, Direction::FromDevice, &iovs, None, &mut s, &mut seen, |v, io| {
-            v.push((io.cdb.to_vec(), io.len));
-            SgResult::good()
-        });
+        let o = run(
+            &cdb,
+            Direction::FromDevice,
+            &iovs,
+            None,
+            &mut s,
+            &mut seen,
+            |v, io| {
+                v.push((io.cdb.to_vec(), io.len));
+                SgResult::good()
+            },
+        );
         assert!(o.is_good());
         assert_eq!(seen, vec![(cdb.to_vec(), 96)]);
     }

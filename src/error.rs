@@ -50,7 +50,8 @@ impl CmdError {
     }
 }
 
-const LBA_OUT_OF_RANGE: SenseCode = SenseCode::new(crate::scsi::sense::key::ILLEGAL_REQUEST, 0x21, 0x00);
+const LBA_OUT_OF_RANGE: SenseCode =
+    SenseCode::new(crate::scsi::sense::key::ILLEGAL_REQUEST, 0x21, 0x00);
 
 #[cfg(test)]
 mod tests {
@@ -61,9 +62,19 @@ mod tests {
     fn every_error_is_check_condition_with_sense() {
         let errs = [
             CmdError::Ring(BadCommand::CdbOffset(1)),
-            CmdError::Direction(DirectionError::Unknown { opcode: 0xc0, sa: 0 }),
-            CmdError::Cdb(CdbError::TooShort { opcode: 0x28, have: 3, need: 10 }),
-            CmdError::Cdb(CdbError::Overflow { lba: u64::MAX, blocks: 2 }),
+            CmdError::Direction(DirectionError::Unknown {
+                opcode: 0xc0,
+                sa: 0,
+            }),
+            CmdError::Cdb(CdbError::TooShort {
+                opcode: 0x28,
+                have: 3,
+                need: 10,
+            }),
+            CmdError::Cdb(CdbError::Overflow {
+                lba: u64::MAX,
+                blocks: 2,
+            }),
             CmdError::Bidirectional,
             CmdError::ProtectedSplit(1),
             CmdError::Dif,
@@ -74,7 +85,10 @@ mod tests {
             assert_eq!(o.status, status::CHECK_CONDITION);
             assert_eq!(o.sense_code(), Some(e.sense_code()), "{e}");
         }
-        assert_eq!(CmdError::ProtectedSplit(1).sense_code(), code::INVALID_FIELD);
+        assert_eq!(
+            CmdError::ProtectedSplit(1).sense_code(),
+            code::INVALID_FIELD
+        );
         assert_eq!(CmdError::NotReady("x".into()).sense_code().key, 0x2);
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod dma;
 pub mod error;
+pub mod export;
 pub mod passthrough;
 pub mod sys;
 

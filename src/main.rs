@@ -4,7 +4,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tcmu-sg", version, about = "LIO TCMU passthrough handler: serves user:sg devices with SG_IO")]
+#[command(
+    name = "tcmu-sg",
+    version,
+    about = "LIO TCMU passthrough handler: serves user:sg devices with SG_IO"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -26,6 +30,30 @@ enum Cmd {
     },
     /// Check a config string (sg/<device>[;max_xfer_kb=N][;timeout_s=N]).
     CheckConfig { cfgstring: String },
+    /// Create a user:sg backstore over BACKING and export it through tcm_loop
+    /// (the daemon must be running); prints the initiator's block device.
+    Export {
+        /// Backing SCSI device (/dev/sdX, /dev/sgN, /dev/disk/by-*/...).
+        backing: std::path::PathBuf,
+        /// Backstore name.
+        #[arg(long)]
+        name: String,
+        /// user_<hba> directory number.
+        #[arg(long, default_value_t = 1)]
+        hba: u32,
+        /// Extra config options, e.g. "max_xfer_kb=64;timeout_s=10".
+        #[arg(long)]
+        options: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        lun: u64,
+    },
+    /// Remove what export created.
+    Unexport {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        hba: u32,
+    },
 }
 
 struct StderrLogger;
@@ -75,6 +103,40 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Export {
+            backing,
+            name,
+            hba,
+            options,
+            lun,
+        } => {
+            let spec = tcmu_sg::export::ExportSpec {
+                name,
+                hba,
+                options,
+                backing,
+                lun,
+            };
+            match tcmu_sg::export::export(&configfs::Target::default(), &spec) {
+                Ok(dev) => {
+                    println!("{}", dev.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tcmu-sg export: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Unexport { name, hba } => {
+            match tcmu_sg::export::unexport(&configfs::Target::default(), &name, hba) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tcmu-sg unexport: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Run {
             log_level,
             syslog,
@@ -92,7 +154,11 @@ fn main() -> ExitCode {
             if let Some(w) = workers {
                 opts.workers = w.clamp(1, 256);
             }
-            log::info!("tcmu-sg {} starting with {} workers", env!("CARGO_PKG_VERSION"), opts.workers);
+            log::info!(
+                "tcmu-sg {} starting with {} workers",
+                env!("CARGO_PKG_VERSION"),
+                opts.workers
+            );
             tcmu_sg::daemon::Daemon::new(opts).run();
             ExitCode::SUCCESS
         }

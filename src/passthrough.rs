@@ -70,7 +70,10 @@ where
             o.residual = cmd.data_len();
             (Direction::None, o)
         }
-        Ok(Route::Whole(dir)) => (dir, dma::run(&cmd.cdb, dir, &cmd.iovs, None, scratch, ctx, io)),
+        Ok(Route::Whole(dir)) => (
+            dir,
+            dma::run(&cmd.cdb, dir, &cmd.iovs, None, scratch, ctx, io),
+        ),
         Ok(Route::Split(dir, rw)) => {
             let split = Split {
                 rw: &rw,

@@ -1,1 +1,459 @@
-pub fn x(){}
+//! A small typed view of LIO's configfs tree (`/sys/kernel/config/target`):
+//! TCMU user backstores (control, enable, info, attrib/*, action/*) and
+//! tcm_loop targets with their LUNs.
+//!
+//! Every value written is checked first (no separators smuggled into the
+//! control string, names of one path component), and every error carries
+//! the path that failed.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+    #[error("invalid {what} '{value}'")]
+    Invalid { what: &'static str, value: String },
+    #[error("{0}: the kernel did not create it in time")]
+    Timeout(PathBuf),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |err| Error::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(io_at(path))
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path)
+        .map(|s| s.trim_end().to_string())
+        .map_err(io_at(path))
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Io {
+            path: path.to_path_buf(),
+            err: e,
+        }),
+    }
+}
+
+fn rmdir(path: &Path) -> Result<()> {
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io {
+            path: path.to_path_buf(),
+            err: e,
+        }),
+    }
+}
+
+/// A name that is one configfs path component.
+fn component<'a>(what: &'static str, v: &'a str) -> Result<&'a str> {
+    let ok = !v.is_empty()
+        && v.len() <= 200
+        && v != "."
+        && v != ".."
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b',');
+    if ok {
+        Ok(v)
+    } else {
+        Err(Error::Invalid {
+            what,
+            value: v.into(),
+        })
+    }
+}
+
+/// The root of the target tree.
+#[derive(Debug, Clone)]
+pub struct Target {
+    root: PathBuf,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::at("/sys/kernel/config/target")
+    }
+}
+
+impl Target {
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Target { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether configfs is mounted and target_core_mod loaded.
+    pub fn available(&self) -> bool {
+        self.root.join("core").is_dir()
+    }
+
+    /// A TCMU backstore `core/user_<hba>/<name>` (not created yet).
+    pub fn user_backstore(&self, hba: u32, name: &str) -> Result<UserBackstore> {
+        let name = component("backstore name", name)?;
+        Ok(UserBackstore {
+            hba_dir: self.root.join(format!("core/user_{hba}")),
+            dir: self.root.join(format!("core/user_{hba}/{name}")),
+        })
+    }
+
+    /// A tcm_loop target `loopback/<wwn>` (not created yet).
+    pub fn loopback(&self, wwn: &str) -> Result<LoopTarget> {
+        let wwn = component("wwn", wwn)?;
+        Ok(LoopTarget {
+            dir: self.root.join("loopback").join(wwn),
+        })
+    }
+}
+
+/// Settings written to a user backstore's `control` before it is enabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Control {
+    /// `dev_config`: `<subtype>/<cfgstring>`.
+    pub dev_config: String,
+    pub dev_size: u64,
+    pub hw_block_size: Option<u32>,
+    pub hw_max_sectors: Option<u32>,
+    /// -1 tells the kernel not to wait for netlink replies for this device.
+    pub nl_reply_supported: Option<i32>,
+    pub max_data_area_mb: Option<u32>,
+}
+
+impl Control {
+    /// The control string (comma-separated tokens) for this device.
+    pub fn to_control_string(&self) -> Result<String> {
+        let cfg = &self.dev_config;
+        if cfg.is_empty()
+            || cfg.len() > 4000
+            || !cfg.contains('/')
+            || cfg.bytes().any(|b| b == b',' || !(0x20..0x7f).contains(&b))
+        {
+            return Err(Error::Invalid {
+                what: "dev_config",
+                value: cfg.clone(),
+            });
+        }
+        let mut s = format!("dev_config={cfg},dev_size={}", self.dev_size);
+        if let Some(v) = self.hw_block_size {
+            s += &format!(",hw_block_size={v}");
+        }
+        if let Some(v) = self.hw_max_sectors {
+            s += &format!(",hw_max_sectors={v}");
+        }
+        if let Some(v) = self.nl_reply_supported {
+            s += &format!(",nl_reply_supported={v}");
+        }
+        if let Some(v) = self.max_data_area_mb {
+            s += &format!(",max_data_area_mb={v}");
+        }
+        Ok(s)
+    }
+}
+
+/// `core/user_<hba>/<name>`.
+#[derive(Debug, Clone)]
+pub struct UserBackstore {
+    hba_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl UserBackstore {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    /// Creates the backstore, writes `control` (one token per write, as
+    /// rtslib does) and enables it.
+    pub fn create(&self, control: &Control) -> Result<()> {
+        let s = control.to_control_string()?;
+        mkdir(&self.hba_dir)?;
+        mkdir(&self.dir)?;
+        for tok in s.split(',') {
+            write(&self.dir.join("control"), tok)?;
+        }
+        write(&self.dir.join("enable"), "1")
+    }
+
+    pub fn enabled(&self) -> Result<bool> {
+        Ok(read(&self.dir.join("enable"))? == "1")
+    }
+
+    pub fn info(&self) -> Result<String> {
+        read(&self.dir.join("info"))
+    }
+
+    pub fn attrib(&self, name: &str) -> Result<String> {
+        read(&self.dir.join("attrib").join(component("attribute", name)?))
+    }
+
+    pub fn set_attrib(&self, name: &str, value: &str) -> Result<()> {
+        write(
+            &self.dir.join("attrib").join(component("attribute", name)?),
+            value,
+        )
+    }
+
+    /// Writes `action/<name>` (block_dev, reset_ring, free_kept_buf).
+    pub fn action(&self, name: &str, value: &str) -> Result<()> {
+        write(
+            &self.dir.join("action").join(component("action", name)?),
+            value,
+        )
+    }
+
+    pub fn set_unit_serial(&self, serial: &str) -> Result<()> {
+        write(&self.dir.join("wwn/vpd_unit_serial"), serial)
+    }
+
+    /// Removes the backstore (its LUNs must be gone).
+    pub fn remove(&self) -> Result<()> {
+        rmdir(&self.dir)?;
+        // The hba directory goes when empty; another device may still use it.
+        if fs::read_dir(&self.hba_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+        {
+            let _ = rmdir(&self.hba_dir);
+        }
+        Ok(())
+    }
+}
+
+/// The SCSI address of a LUN as the initiator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScsiAddr {
+    pub host: u32,
+    pub channel: u32,
+    pub target: u32,
+    pub lun: u64,
+}
+
+impl std::fmt::Display for ScsiAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.host, self.channel, self.target, self.lun
+        )
+    }
+}
+
+impl ScsiAddr {
+    /// `/dev/sdX` of this LUN, once the initiator has scanned it.
+    pub fn block_device(&self, sys: &Path) -> Option<PathBuf> {
+        let d = sys.join(format!("class/scsi_device/{self}/device/block"));
+        let e = fs::read_dir(d).ok()?.flatten().next()?;
+        Some(Path::new("/dev").join(e.file_name()))
+    }
+
+    /// `/dev/sgN` of this LUN.
+    pub fn sg_device(&self, sys: &Path) -> Option<PathBuf> {
+        let d = sys.join(format!("class/scsi_device/{self}/device/scsi_generic"));
+        let e = fs::read_dir(d).ok()?.flatten().next()?;
+        Some(Path::new("/dev").join(e.file_name()))
+    }
+
+    /// Waits for the block device to appear.
+    pub fn wait_block_device(&self, sys: &Path, timeout: Duration) -> Result<PathBuf> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(p) = self.block_device(sys) {
+                if p.exists() {
+                    return Ok(p);
+                }
+            }
+            if t0.elapsed() > timeout {
+                return Err(Error::Timeout(
+                    sys.join(format!("class/scsi_device/{self}")),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `loopback/<wwn>`: a tcm_loop target, one SCSI host on the initiator side.
+#[derive(Debug, Clone)]
+pub struct LoopTarget {
+    dir: PathBuf,
+}
+
+impl LoopTarget {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn tpg(&self, tpgt: u16) -> PathBuf {
+        self.dir.join(format!("tpgt_{tpgt}"))
+    }
+
+    /// Creates the target and TPG and its I_T nexus (which must exist
+    /// before LUNs are added, or they are never scanned).
+    pub fn create(&self, tpgt: u16, initiator_wwn: &str) -> Result<()> {
+        let ini = component("initiator wwn", initiator_wwn)?;
+        if let Some(parent) = self.dir.parent() {
+            mkdir(parent)?;
+        }
+        mkdir(&self.dir)?;
+        let tpg = self.tpg(tpgt);
+        mkdir(&tpg)?;
+        let nexus = tpg.join("nexus");
+        if read(&nexus)
+            .map(|s| s.is_empty() || s == "(null)")
+            .unwrap_or(true)
+        {
+            write(&nexus, ini)?;
+        }
+        Ok(())
+    }
+
+    /// Exports `backstore` (a `core/...` directory) as LUN `lun`.
+    pub fn add_lun(&self, tpgt: u16, lun: u64, backstore: &Path) -> Result<ScsiAddr> {
+        let dir = self.tpg(tpgt).join(format!("lun/lun_{lun}"));
+        mkdir(&dir)?;
+        let link = dir.join("tcm_loop_port");
+        if !link.exists() {
+            std::os::unix::fs::symlink(backstore, &link).map_err(io_at(&link))?;
+        }
+        self.address(tpgt, lun)
+    }
+
+    /// The initiator-side address of a LUN (`tpgt_N/address` holds
+    /// `<host>:0:<tpgt>`).
+    pub fn address(&self, tpgt: u16, lun: u64) -> Result<ScsiAddr> {
+        let p = self.tpg(tpgt).join("address");
+        let a = read(&p)?;
+        let mut it = a.split(':').map(|s| s.trim().parse::<u32>());
+        match (it.next(), it.next(), it.next()) {
+            (Some(Ok(host)), Some(Ok(channel)), Some(Ok(target))) => Ok(ScsiAddr {
+                host,
+                channel,
+                target,
+                lun,
+            }),
+            _ => Err(Error::Invalid {
+                what: "tpg address",
+                value: a,
+            }),
+        }
+    }
+
+    pub fn remove_lun(&self, tpgt: u16, lun: u64) -> Result<()> {
+        let dir = self.tpg(tpgt).join(format!("lun/lun_{lun}"));
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.path().is_symlink() {
+                    fs::remove_file(e.path()).map_err(io_at(&e.path()))?;
+                }
+            }
+        }
+        rmdir(&dir)
+    }
+
+    /// Removes LUNs, nexus, TPG and target.
+    pub fn remove(&self, tpgt: u16) -> Result<()> {
+        let tpg = self.tpg(tpgt);
+        if let Ok(rd) = fs::read_dir(tpg.join("lun")) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(l) = n.strip_prefix("lun_").and_then(|l| l.parse().ok()) {
+                    self.remove_lun(tpgt, l)?;
+                }
+            }
+        }
+        if tpg.is_dir() {
+            let _ = write(&tpg.join("nexus"), "NULL");
+        }
+        rmdir(&tpg)?;
+        rmdir(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_strings() {
+        let c = Control {
+            dev_config: "sg//dev/sdb;max_xfer_kb=64".into(),
+            dev_size: 1 << 30,
+            nl_reply_supported: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.to_control_string().unwrap(),
+            "dev_config=sg//dev/sdb;max_xfer_kb=64,dev_size=1073741824,nl_reply_supported=-1"
+        );
+        for bad in ["", "sg", "sg//dev/sdb,dev_size=1", "sg//dev/sd\nb"] {
+            let c = Control {
+                dev_config: bad.into(),
+                ..Default::default()
+            };
+            assert!(c.to_control_string().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_single_components() {
+        let t = Target::at("/nonexistent");
+        assert!(t.user_backstore(1, "d0").is_ok());
+        for bad in ["", "..", "a/b", "a,b", "a b"] {
+            assert!(t.user_backstore(1, bad).is_err(), "{bad:?}");
+            assert!(t.loopback(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backstore_and_loop_target_on_a_fake_tree() {
+        let root = std::env::temp_dir().join(format!("configfs-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("core")).unwrap();
+        let t = Target::at(&root);
+        assert!(t.available());
+        let b = t.user_backstore(3, "d0").unwrap();
+        // A plain directory tree stands in for configfs: files are created
+        // by the writes; the kernel would create them with mkdir.
+        b.create(&Control {
+            dev_config: "sg//dev/sdb".into(),
+            dev_size: 4096,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(read(&b.path().join("control")).unwrap(), "dev_size=4096");
+        assert!(b.enabled().unwrap());
+        let l = t.loopback("naa.5001405000000001").unwrap();
+        l.create(1, "naa.5001405000000002").unwrap();
+        assert_eq!(
+            read(&l.path().join("tpgt_1/nexus")).unwrap(),
+            "naa.5001405000000002"
+        );
+        fs::write(l.path().join("tpgt_1/address"), "7:0:1\n").unwrap();
+        let a = l.add_lun(1, 0, b.path()).unwrap();
+        assert_eq!(a.to_string(), "7:0:1:0");
+        assert!(l.path().join("tpgt_1/lun/lun_0/tcm_loop_port").is_symlink());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -51,7 +51,11 @@ pub struct RwCdb {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CdbError {
     #[error("CDB of {have} bytes is shorter than opcode {opcode:#04x} needs ({need})")]
-    TooShort { opcode: u8, have: usize, need: usize },
+    TooShort {
+        opcode: u8,
+        have: usize,
+        need: usize,
+    },
     #[error("LBA {lba:#x} + {blocks} blocks overflows")]
     Overflow { lba: u64, blocks: u64 },
 }
@@ -263,12 +267,17 @@ mod tests {
 
     #[test]
     fn parses_lba_and_count_of_each_size() {
-        let r6 = RwCdb::parse(&[0x08, 0x1f, 0xff, 0xff, 0, 0]).unwrap().unwrap();
+        let r6 = RwCdb::parse(&[0x08, 0x1f, 0xff, 0xff, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!((r6.lba, r6.blocks, r6.size), (0x1f_ffff, 256, 6));
         let r10 = RwCdb::parse(&[0x2a, 0x08, 1, 2, 3, 4, 0x3f, 0, 9, 0])
             .unwrap()
             .unwrap();
-        assert_eq!((r10.kind, r10.lba, r10.blocks), (RwKind::Write, 0x01020304, 9));
+        assert_eq!(
+            (r10.kind, r10.lba, r10.blocks),
+            (RwKind::Write, 0x01020304, 9)
+        );
         let mut c12 = [0u8; 12];
         c12[0] = 0xa8;
         c12[1] = 0x60;
@@ -294,19 +303,22 @@ mod tests {
         assert!(RwCdb::parse(&v).unwrap().is_none(), "BYTCHK=11: one block");
         // WRITE AND VERIFY always carries data.
         let wv = [0x2e, 0, 0, 0, 0, 0, 0, 0, 8, 0];
-        assert_eq!(RwCdb::parse(&wv).unwrap().unwrap().kind, RwKind::WriteVerify);
+        assert_eq!(
+            RwCdb::parse(&wv).unwrap().unwrap().kind,
+            RwKind::WriteVerify
+        );
     }
 
     #[test]
     fn other_commands_are_not_split() {
         for cdb in [
-            &[0x12u8, 0, 0, 0, 36, 0][..],               // INQUIRY
-            &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0][..],      // PR IN
-            &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0][..],     // UNMAP
-            &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],      // SYNC CACHE
-            &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0][..], // COMPARE AND WRITE
+            &[0x12u8, 0, 0, 0, 36, 0][..],                               // INQUIRY
+            &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0][..],                      // PR IN
+            &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0][..],                     // UNMAP
+            &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],                      // SYNC CACHE
+            &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0][..],    // COMPARE AND WRITE
             &[0x85, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xec, 0][..], // ATA PT
-            &[0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],      // vendor
+            &[0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],                      // vendor
         ] {
             assert!(RwCdb::parse(cdb).unwrap().is_none(), "{cdb:02x?}");
         }
@@ -321,7 +333,10 @@ mod tests {
     fn chunk_keeps_byte1_group_and_control() {
         // WRITE(10) with FUA, group 0x15, control 0x80.
         let cdb = [0x2a, 0x08, 0, 0, 0, 0x10, 0x15, 0, 128, 0x80];
-        assert_eq!(chunk(&cdb, 0x20, 16), vec![0x2a, 0x08, 0, 0, 0, 0x20, 0x15, 0, 16, 0x80]);
+        assert_eq!(
+            chunk(&cdb, 0x20, 16),
+            vec![0x2a, 0x08, 0, 0, 0, 0x20, 0x15, 0, 16, 0x80]
+        );
         // READ(12): the group is in byte 10 (QEMU reads the wrong byte).
         let mut c12 = [0u8; 12];
         c12[0] = 0xa8;
@@ -341,8 +356,8 @@ mod tests {
         c16[13] = 100;
         c16[14] = 0x3f;
         c16[15] = 0x04;
-        let out = chunk(&c16, 0x1234_5678_9a, 7);
-        assert_eq!(out[2..10], 0x1234_5678_9au64.to_be_bytes());
+        let out = chunk(&c16, 0x0012_3456_789a, 7);
+        assert_eq!(out[2..10], 0x0012_3456_789a_u64.to_be_bytes());
         assert_eq!(out[10..14], 7u32.to_be_bytes());
         assert_eq!((out[1], out[14], out[15]), (0x08, 0x3f, 0x04));
     }
@@ -350,7 +365,10 @@ mod tests {
     #[test]
     fn six_byte_chunks_keep_the_lun_bits_and_encode_256_as_0() {
         let cdb = [0x0a, 0x20, 0, 0, 0, 0x01];
-        assert_eq!(chunk(&cdb, 0x1_0203, 256), vec![0x0a, 0x21, 0x02, 0x03, 0, 0x01]);
+        assert_eq!(
+            chunk(&cdb, 0x1_0203, 256),
+            vec![0x0a, 0x21, 0x02, 0x03, 0, 0x01]
+        );
         assert_eq!(chunk(&cdb, 5, 3), vec![0x0a, 0x20, 0, 5, 3, 0x01]);
     }
 
@@ -390,7 +408,10 @@ mod tests {
         };
         let p: Vec<_> = plan(&rw, 512, 2048).collect();
         assert_eq!(p.len(), 3);
-        assert_eq!((p[0].lba, p[0].blocks, p[0].byte_off, p[0].bytes), (100, 4, 0, 2048));
+        assert_eq!(
+            (p[0].lba, p[0].blocks, p[0].byte_off, p[0].bytes),
+            (100, 4, 0, 2048)
+        );
         assert_eq!((p[2].lba, p[2].blocks, p[2].byte_off), (108, 2, 4096));
         // 4096-byte blocks with a limit that is not a multiple of them.
         let p: Vec<_> = plan(&rw, 4096, 10_000).collect();

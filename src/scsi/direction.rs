@@ -65,17 +65,17 @@ fn by_opcode(op: u8) -> Option<Direction> {
     Some(match op {
         // SPC / SBC / SSC common
         0x00 | 0x01 | 0x0b | 0x10 | 0x11 | 0x16 | 0x17 | 0x19 | 0x1b | 0x1e | 0x2b | 0x2c
-        | 0x33 | 0x35 | 0x36 | 0x45 | 0x47 | 0x4b | 0x4e | 0x58 | 0x5b | 0x90 | 0x91
-        | 0x92 | 0x94 | 0xa5 | 0xa6 | 0xa7 | 0xb3 => No,
+        | 0x33 | 0x35 | 0x36 | 0x45 | 0x47 | 0x4b | 0x4e | 0x58 | 0x5b | 0x90 | 0x91 | 0x92
+        | 0x94 | 0xa5 | 0xa6 | 0xa7 | 0xb3 => No,
         0x03 | 0x05 | 0x08 | 0x0f | 0x12 | 0x14 | 0x1a | 0x1c | 0x23 | 0x25 | 0x28 | 0x29
-        | 0x2d | 0x34 | 0x37 | 0x3c | 0x3e | 0x43 | 0x44 | 0x46 | 0x4a | 0x4d | 0x52
-        | 0x5a | 0x5c | 0x5e | 0x84 | 0x86 | 0x88 | 0x8c | 0x95 | 0x9b | 0x9e | 0xa0
-        | 0xa2 | 0xa8 | 0xab | 0xad | 0xb4 | 0xb7 | 0xb8 | 0xb9 | 0xba | 0xbc | 0xbe => In,
+        | 0x2d | 0x34 | 0x37 | 0x3c | 0x3e | 0x43 | 0x44 | 0x46 | 0x4a | 0x4d | 0x52 | 0x5a
+        | 0x5c | 0x5e | 0x84 | 0x86 | 0x88 | 0x8c | 0x95 | 0x9b | 0x9e | 0xa0 | 0xa2 | 0xa8
+        | 0xab | 0xad | 0xb4 | 0xb7 | 0xb8 | 0xb9 | 0xba | 0xbc | 0xbe => In,
         0x04 | 0x07 | 0x0a | 0x13 | 0x15 | 0x18 | 0x1d | 0x24 | 0x2a | 0x2e | 0x2f | 0x30
-        | 0x31 | 0x32 | 0x38 | 0x39 | 0x3a | 0x3b | 0x3d | 0x3f | 0x40 | 0x41 | 0x48
-        | 0x4c | 0x50 | 0x54 | 0x55 | 0x56 | 0x57 | 0x5d | 0x5f | 0x80 | 0x82 | 0x83
-        | 0x87 | 0x89 | 0x8a | 0x8b | 0x8d | 0x8e | 0x8f | 0x93 | 0x9a | 0x9c | 0x9f
-        | 0xa9 | 0xaa | 0xae | 0xaf | 0xb0 | 0xb1 | 0xb2 | 0xb6 | 0xbb | 0xbf => Out,
+        | 0x31 | 0x32 | 0x38 | 0x39 | 0x3a | 0x3b | 0x3d | 0x3f | 0x40 | 0x41 | 0x48 | 0x4c
+        | 0x50 | 0x54 | 0x55 | 0x56 | 0x57 | 0x5d | 0x5f | 0x80 | 0x82 | 0x83 | 0x87 | 0x89
+        | 0x8a | 0x8b | 0x8d | 0x8e | 0x8f | 0x93 | 0x9a | 0x9c | 0x9f | 0xa9 | 0xaa | 0xae
+        | 0xaf | 0xb0 | 0xb1 | 0xb2 | 0xb6 | 0xbb | 0xbf => Out,
         0x53 | 0x9d => Bi,
         _ => return None,
     })
@@ -189,34 +189,50 @@ mod tests {
     #[test]
     fn table() {
         let cases: &[(&[u8], DeviceClass, Direction)] = &[
-            (&[0x12, 0, 0, 0, 96, 0], Block, In),                 // INQUIRY
-            (&[0x03, 0, 0, 0, 18, 0], Block, In),                 // REQUEST SENSE
-            (&[0x15, 0x10, 0, 0, 12, 0], Block, Out),             // MODE SELECT(6)
-            (&[0x08, 0, 0, 0, 1, 0], Block, In),                  // READ(6)
-            (&[0x0a, 0, 0, 0, 1, 0], Block, Out),                 // WRITE(6)
-            (&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, In),      // READ(10)
-            (&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),     // WRITE(10)
-            (&[0x2f, 2, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),     // VERIFY(10) BYTCHK
-            (&[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),     // WRITE SAME(10)
-            (&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Block, Out),    // UNMAP
-            (&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Mmc, In),       // READ SUB-CHANNEL
-            (&[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], Block, In),      // PR IN
-            (&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], Block, Out),    // PR OUT
-            (&[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], Block, Out), // CAW
-            (&[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], Block, In), // RC16
+            (&[0x12, 0, 0, 0, 96, 0], Block, In),              // INQUIRY
+            (&[0x03, 0, 0, 0, 18, 0], Block, In),              // REQUEST SENSE
+            (&[0x15, 0x10, 0, 0, 12, 0], Block, Out),          // MODE SELECT(6)
+            (&[0x08, 0, 0, 0, 1, 0], Block, In),               // READ(6)
+            (&[0x0a, 0, 0, 0, 1, 0], Block, Out),              // WRITE(6)
+            (&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, In),   // READ(10)
+            (&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),  // WRITE(10)
+            (&[0x2f, 2, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),  // VERIFY(10) BYTCHK
+            (&[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),  // WRITE SAME(10)
+            (&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Block, Out), // UNMAP
+            (&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Mmc, In),    // READ SUB-CHANNEL
+            (&[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], Block, In),   // PR IN
+            (&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], Block, Out), // PR OUT
+            (
+                &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+                Block,
+                Out,
+            ), // CAW
+            (
+                &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+                Block,
+                In,
+            ), // RC16
             (&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], Block, In), // REPORT LUNS
             (&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], Block, In), // REPORT TPGS
             (&[0xa3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Mmc, Out), // SEND KEY
-            (&[0xa4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Mmc, In),  // REPORT KEY
-            (&[0x34, 0, 0, 0, 0, 0, 0, 0, 20, 0], Stream, In),    // READ POSITION
-            (&[0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Stream, In),
-            (&[0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Block, Out),
+            (&[0xa4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Mmc, In), // REPORT KEY
+            (&[0x34, 0, 0, 0, 0, 0, 0, 0, 20, 0], Stream, In), // READ POSITION
+            (
+                &[0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                Stream,
+                In,
+            ),
+            (
+                &[0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                Block,
+                Out,
+            ),
             (&[0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Changer, In), // READ ELEMENT STATUS
             (&[0xb5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Changer, In),
             (&[0xb5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Block, Out), // SECURITY PROTOCOL OUT
-            (&[0x3b, 0x02, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),  // WRITE BUFFER
-            (&[0x3c, 0x02, 0, 0, 0, 0, 0, 0, 1, 0], Block, In),   // READ BUFFER
-            (&[0x53, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, Bi),      // XDWRITEREAD(10)
+            (&[0x3b, 0x02, 0, 0, 0, 0, 0, 0, 1, 0], Block, Out),    // WRITE BUFFER
+            (&[0x3c, 0x02, 0, 0, 0, 0, 0, 0, 1, 0], Block, In),     // READ BUFFER
+            (&[0x53, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, Bi),        // XDWRITEREAD(10)
         ];
         for (cdb, class, want) in cases {
             assert_eq!(d(cdb, *class).unwrap(), *want, "{cdb:02x?} on {class:?}");
@@ -254,14 +270,23 @@ mod tests {
     #[test]
     fn fallback_for_unknown_opcodes() {
         // Vendor-specific opcode without data: passed as no-data.
-        assert_eq!(direction(&[0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Block, 0, false).unwrap(), No);
+        assert_eq!(
+            direction(&[0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Block, 0, false).unwrap(),
+            No
+        );
         // With data: refused, never guessed.
         assert_eq!(
             direction(&[0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Block, 512, false),
-            Err(DirectionError::Unknown { opcode: 0xc0, sa: 0 })
+            Err(DirectionError::Unknown {
+                opcode: 0xc0,
+                sa: 0
+            })
         );
         // Bidirectional iovecs mean a bidirectional command whatever the opcode.
-        assert_eq!(direction(&[0x53, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, 512, true).unwrap(), Bi);
+        assert_eq!(
+            direction(&[0x53, 0, 0, 0, 0, 0, 0, 0, 1, 0], Block, 512, true).unwrap(),
+            Bi
+        );
         assert!(direction(&[], Block, 0, false).is_err());
     }
 

@@ -354,18 +354,42 @@ mod tests {
     fn host_status_table() {
         use status::*;
         let table: &[(u16, u8, Option<SenseCode>)] = &[
-            (host::NO_CONNECT, CHECK_CONDITION, Some(code::LUN_NOT_RESPONDING)),
+            (
+                host::NO_CONNECT,
+                CHECK_CONDITION,
+                Some(code::LUN_NOT_RESPONDING),
+            ),
             (host::BUS_BUSY, BUSY, None),
             (host::TIME_OUT, CHECK_CONDITION, Some(code::COMMAND_TIMEOUT)),
-            (host::BAD_TARGET, CHECK_CONDITION, Some(code::LUN_COMM_FAILURE)),
+            (
+                host::BAD_TARGET,
+                CHECK_CONDITION,
+                Some(code::LUN_COMM_FAILURE),
+            ),
             (host::ABORT, CHECK_CONDITION, Some(code::COMMAND_ABORTED)),
             (host::ERROR, CHECK_CONDITION, Some(code::IO_ERROR)),
             (host::RESET, CHECK_CONDITION, Some(code::RESET)),
-            (host::TRANSPORT_DISRUPTED, CHECK_CONDITION, Some(code::I_T_NEXUS_LOSS)),
-            (host::TRANSPORT_FAILFAST, CHECK_CONDITION, Some(code::IO_ERROR)),
-            (host::TARGET_FAILURE, CHECK_CONDITION, Some(code::TARGET_FAILURE)),
+            (
+                host::TRANSPORT_DISRUPTED,
+                CHECK_CONDITION,
+                Some(code::I_T_NEXUS_LOSS),
+            ),
+            (
+                host::TRANSPORT_FAILFAST,
+                CHECK_CONDITION,
+                Some(code::IO_ERROR),
+            ),
+            (
+                host::TARGET_FAILURE,
+                CHECK_CONDITION,
+                Some(code::TARGET_FAILURE),
+            ),
             (host::NEXUS_FAILURE, RESERVATION_CONFLICT, None),
-            (host::ALLOC_FAILURE, CHECK_CONDITION, Some(code::SPACE_ALLOC_FAILED)),
+            (
+                host::ALLOC_FAILURE,
+                CHECK_CONDITION,
+                Some(code::SPACE_ALLOC_FAILED),
+            ),
             (host::MEDIUM_ERROR, CHECK_CONDITION, Some(code::READ_ERROR)),
             (host::IMM_RETRY, BUSY, None),
             (host::PARITY, CHECK_CONDITION, Some(code::IO_ERROR)),
@@ -389,8 +413,16 @@ mod tests {
             (libc::ENOMEM, CHECK_CONDITION, Some(code::TARGET_FAILURE)),
             (libc::ENOMEDIUM, CHECK_CONDITION, Some(code::NO_MEDIUM)),
             (libc::EINVAL, CHECK_CONDITION, Some(code::INVALID_FIELD)),
-            (libc::ENOSPC, CHECK_CONDITION, Some(code::SPACE_ALLOC_FAILED)),
-            (libc::ENODEV, CHECK_CONDITION, Some(code::LUN_NOT_RESPONDING)),
+            (
+                libc::ENOSPC,
+                CHECK_CONDITION,
+                Some(code::SPACE_ALLOC_FAILED),
+            ),
+            (
+                libc::ENODEV,
+                CHECK_CONDITION,
+                Some(code::LUN_NOT_RESPONDING),
+            ),
             (libc::EIO, CHECK_CONDITION, Some(code::IO_ERROR)),
             (libc::EPERM, CHECK_CONDITION, Some(code::IO_ERROR)),
         ];

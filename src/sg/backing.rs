@@ -67,7 +67,11 @@ impl BackingInfo {
             self.blocks,
             self.params.block_size,
             self.params.max_bytes / 1024,
-            if self.block { "" } else { ", copied through sg" },
+            if self.block {
+                ""
+            } else {
+                ", copied through sg"
+            },
         )
     }
 }
@@ -183,7 +187,9 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
         // An sg-only device (tape, changer): the limit comes from BLKSECTGET
         // on the sg node, which reports bytes there.
         let f = File::open(&real).map_err(io_err(given))?;
-        let mut max = crate::sg::io::blksectget(f.as_raw_fd()).unwrap_or(65536).max(512);
+        let mut max = crate::sg::io::blksectget(f.as_raw_fd())
+            .unwrap_or(65536)
+            .max(512);
         if let Some(kb) = cfg.max_xfer_kb {
             max = max.min(kb as u64 * 1024);
         }
@@ -215,7 +221,9 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
 pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
     let info = probe(cfg, Path::new("/sys"))?;
     let mut o = OpenOptions::new();
-    o.read(true).write(true).custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK);
+    o.read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK);
     if info.block {
         o.custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_EXCL);
     }
@@ -240,7 +248,10 @@ mod tests {
         let e = probe(&cfg("/dev/null"), Path::new("/sys")).unwrap_err();
         assert!(matches!(e, BackingError::NotScsi(_)), "{e}");
         let e = probe(&cfg("/dev/shm"), Path::new("/sys"));
-        assert!(matches!(e, Err(BackingError::NotDevice(_)) | Err(BackingError::Io { .. })));
+        assert!(matches!(
+            e,
+            Err(BackingError::NotDevice(_)) | Err(BackingError::Io { .. })
+        ));
         let e = probe(&cfg("/dev/does-not-exist"), Path::new("/sys")).unwrap_err();
         assert!(matches!(e, BackingError::Io { .. }), "{e}");
     }

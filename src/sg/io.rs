@@ -98,7 +98,11 @@ pub fn sg_io(
         cmd_len: io.cdb.len() as u8,
         mx_sb_len: SENSE_BUFFERSIZE as u8,
         iovec_count: count,
-        dxfer_len: if dir == SG_DXFER_NONE { 0 } else { io.len as u32 },
+        dxfer_len: if dir == SG_DXFER_NONE {
+            0
+        } else {
+            io.len as u32
+        },
         dxferp,
         cmdp: io.cdb.as_ptr(),
         sbp: sense.as_mut_ptr(),

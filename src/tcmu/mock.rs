@@ -93,7 +93,8 @@ impl MockKernel {
         map.write_u16(MB_VERSION as u64, MAILBOX_VERSION).unwrap();
         map.write_u16(MB_FLAGS as u64, flags).unwrap();
         map.write_u32(MB_CMDR_OFF as u64, cmdr_off as u32).unwrap();
-        map.write_u32(MB_CMDR_SIZE as u64, cmdr_size as u32).unwrap();
+        map.write_u32(MB_CMDR_SIZE as u64, cmdr_size as u32)
+            .unwrap();
         // Blocks are handed out lowest first, like the kernel's bitmap.
         let free_blocks = (0..data_blocks).rev().collect();
         MockKernel {
@@ -237,7 +238,9 @@ impl MockKernel {
         self.map.write_u16(entry + HDR_CMD_ID as u64, id).unwrap();
         let cdb_off = entry + base_cmd_size(iovs.len()) as u64;
         self.map.write_bytes(cdb_off, cdb).unwrap();
-        self.map.write_u64(entry + REQ_CDB_OFF as u64, cdb_off).unwrap();
+        self.map
+            .write_u64(entry + REQ_CDB_OFF as u64, cdb_off)
+            .unwrap();
         let data_in = if let MockData::In(n) = data { n } else { 0 };
         self.commands.insert(
             id,
@@ -272,7 +275,9 @@ impl MockKernel {
         let entry = (self.cmdr_off + head) as u64;
         self.map.fill(entry, size as u64, 0).unwrap();
         self.map.write_u32(entry, size as u32 | OP_TMR).unwrap();
-        self.map.write_u8(entry + TMR_TYPE as u64, tmr_type).unwrap();
+        self.map
+            .write_u8(entry + TMR_TYPE as u64, tmr_type)
+            .unwrap();
         self.map
             .write_u32(entry + TMR_CMD_CNT as u64, cmd_ids.len() as u32)
             .unwrap();
@@ -313,7 +318,9 @@ impl MockKernel {
             let mut sense = Vec::new();
             if status == 0x02 {
                 sense = vec![0u8; SENSE_BUFFERSIZE];
-                self.map.read_bytes(e + RSP_SENSE as u64, &mut sense).unwrap();
+                self.map
+                    .read_bytes(e + RSP_SENSE as u64, &mut sense)
+                    .unwrap();
             }
             let mut want = cmd.data_in;
             if uflags & UFLAG_READ_LEN != 0 && read_len != 0 && (read_len as u64) < want {

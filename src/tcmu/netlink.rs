@@ -163,9 +163,9 @@ impl Listener {
         check(unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as i32)?;
         let mut buf = vec![0u8; 8192];
         // SAFETY: receives at most buf.len() bytes into a live buffer.
-        let n = check(unsafe {
-            libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-        } as i32)? as usize;
+        let n = check(
+            unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } as i32,
+        )? as usize;
         let (family, group) = parse_family(&buf[..n])?;
         // SAFETY: passes a pointer to a live u32 and its size.
         check(unsafe {
@@ -305,6 +305,9 @@ mod tests {
         };
         let mut body = attr(CTRL_ATTR_FAMILY_ID, &0x1cu16.to_ne_bytes());
         body.extend(attr(CTRL_ATTR_MCAST_GROUPS, &grp));
-        assert_eq!(parse_family(&msg(GENL_ID_CTRL, 1, &body)).unwrap(), (0x1c, 7));
+        assert_eq!(
+            parse_family(&msg(GENL_ID_CTRL, 1, &body)).unwrap(),
+            (0x1c, 7)
+        );
     }
 }

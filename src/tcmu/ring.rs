@@ -21,7 +21,9 @@ pub const MAX_CDB_LEN: usize = 260;
 pub enum RingError {
     #[error("mailbox version {0}, expected {MAILBOX_VERSION}")]
     Version(u16),
-    #[error("mailbox describes a command ring at {off:#x}+{size:#x} outside the {map:#x}-byte mapping")]
+    #[error(
+        "mailbox describes a command ring at {off:#x}+{size:#x} outside the {map:#x}-byte mapping"
+    )]
     Geometry { off: u32, size: u32, map: usize },
     #[error("cmd_head {0:#x} is outside the command ring")]
     Head(u32),
@@ -81,7 +83,10 @@ pub enum Entry {
     /// CHECK CONDITION without touching its data.
     BadCmd { cmd_id: u16, why: BadCommand },
     /// A task management notification (informational).
-    Tmr { tmr_type: TmrType, cmd_ids: Vec<u16> },
+    Tmr {
+        tmr_type: TmrType,
+        cmd_ids: Vec<u16>,
+    },
     /// An entry of an opcode this handler does not know; it is completed
     /// with `TCMU_UFLAG_UNKNOWN_OP`.
     Unknown { cmd_id: u16, op: u32 },
@@ -276,7 +281,10 @@ impl Ring {
             let (kind, entry) = match op {
                 OP_PAD => (SlotKind::Skip, None),
                 OP_TMR => (SlotKind::Skip, Some(self.read_tmr(abs, len)?)),
-                OP_CMD => (SlotKind::Cmd(cmd_id), Some(self.read_cmd(abs, len, cmd_id)?)),
+                OP_CMD => (
+                    SlotKind::Cmd(cmd_id),
+                    Some(self.read_cmd(abs, len, cmd_id)?),
+                ),
                 _ => (SlotKind::Cmd(cmd_id), Some(Entry::Unknown { cmd_id, op })),
             };
             if let SlotKind::Cmd(id) = kind {
@@ -363,7 +371,10 @@ impl Ring {
             if base < self.data_off || m.check(base, ilen).is_err() {
                 return Err(Ok(bad));
             }
-            let v = DataIov { off: base, len: ilen };
+            let v = DataIov {
+                off: base,
+                len: ilen,
+            };
             if i < iov_cnt as usize {
                 iovs.push(v);
             } else {

@@ -120,7 +120,12 @@ mod tests {
         assert_eq!(n.cfg, "sg//dev/sdb;max_xfer_kb=64");
         assert_eq!(n.subtype(), "sg");
         assert_eq!(n.configfs_dir(), "user_1/d0");
-        assert_eq!(UioName::parse("tcm-user/2/q/qcow//x.img").unwrap().subtype(), "qcow");
+        assert_eq!(
+            UioName::parse("tcm-user/2/q/qcow//x.img")
+                .unwrap()
+                .subtype(),
+            "qcow"
+        );
         assert!(UioName::parse("uio_pci_generic").is_none());
         assert!(UioName::parse("tcm-user/x/d0/sg//dev/sdb").is_none());
     }

@@ -1,0 +1,102 @@
+//! `tcmu-sg export` / `unexport`: a `user:sg` backstore over a backing
+//! device, exported through tcm_loop, for users without targetcli.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use configfs::{Control, LoopTarget, Target};
+
+use crate::config;
+use crate::sg::backing;
+
+#[derive(Debug, Clone)]
+pub struct ExportSpec {
+    pub name: String,
+    pub hba: u32,
+    /// Options appended to the config string (`max_xfer_kb=64;timeout_s=5`).
+    pub options: Option<String>,
+    pub backing: PathBuf,
+    pub lun: u64,
+}
+
+/// A NAA-5 WWN derived from the device name, so export and unexport agree
+/// without state. `role` separates target (1) and initiator (2) ports.
+pub fn wwn_for(name: &str, role: u8) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes().chain([role]) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("naa.5001405{:09x}", h & 0xf_ffff_ffff)
+}
+
+fn loop_target(t: &Target, name: &str) -> Result<LoopTarget, String> {
+    t.loopback(&wwn_for(name, 1)).map_err(|e| e.to_string())
+}
+
+/// Creates the backstore and the tcm_loop LUN; returns the initiator's
+/// block device. The daemon must be running: the initiator's scan of the
+/// new LUN is answered by it.
+pub fn export(t: &Target, spec: &ExportSpec) -> Result<PathBuf, String> {
+    if !t.available() {
+        return Err(format!(
+            "{} not found: load target_core_user and tcm_loop and mount configfs",
+            t.root().display()
+        ));
+    }
+    let mut cfg = format!("sg/{}", spec.backing.display());
+    if let Some(o) = &spec.options {
+        cfg.push(';');
+        cfg.push_str(o);
+    }
+    let parsed = config::parse(&cfg).map_err(|e| e.to_string())?;
+    let info = backing::probe(&parsed, Path::new("/sys")).map_err(|e| e.to_string())?;
+    let size = info.blocks * info.params.block_size as u64;
+    let b = t
+        .user_backstore(spec.hba, &spec.name)
+        .map_err(|e| e.to_string())?;
+    if b.exists() {
+        return Err(format!("{} already exists", b.path().display()));
+    }
+    b.create(&Control {
+        dev_config: cfg,
+        dev_size: size,
+        hw_block_size: Some(info.params.block_size),
+        // Nobody but us serves this device, and we never reply: tell the
+        // kernel not to wait for (or accept) netlink replies for it.
+        nl_reply_supported: Some(-1),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let l = loop_target(t, &spec.name)?;
+    l.create(1, &wwn_for(&spec.name, 2))
+        .map_err(|e| e.to_string())?;
+    let addr = l
+        .add_lun(1, spec.lun, b.path())
+        .map_err(|e| e.to_string())?;
+    addr.wait_block_device(Path::new("/sys"), Duration::from_secs(60))
+        .map_err(|e| e.to_string())
+}
+
+/// Removes what `export` created.
+pub fn unexport(t: &Target, name: &str, hba: u32) -> Result<(), String> {
+    let l = loop_target(t, name)?;
+    if l.path().exists() {
+        l.remove(1).map_err(|e| e.to_string())?;
+    }
+    let b = t.user_backstore(hba, name).map_err(|e| e.to_string())?;
+    b.remove().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wwns_are_stable_and_distinct() {
+        assert_eq!(wwn_for("d0", 1), wwn_for("d0", 1));
+        assert_ne!(wwn_for("d0", 1), wwn_for("d0", 2));
+        assert_ne!(wwn_for("d0", 1), wwn_for("d1", 1));
+        assert_eq!(wwn_for("d0", 1).len(), "naa.".len() + 16);
+    }
+}

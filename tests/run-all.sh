@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: installs what it needs, then runs formatting and lint
+# checks, the unit and mock-kernel tests, and the end-to-end tests on the
+# real 6.1 kernel in the VM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/vm/setup-host.sh >/dev/null
+command -v cargo >/dev/null || { echo "run-all: cargo not found" >&2; exit 1; }
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace 2>&1 | tee /tmp/tcmu-sg-cargo-test.log | grep -E '^(test result|running|error)|FAILED|panicked'
+grep -q 'FAILED\|error\[' /tmp/tcmu-sg-cargo-test.log && exit 1
+echo "== VM end-to-end tests"
+cargo build --release --quiet
+bash tests/vm/run-vm.sh tests/vm/e2e.sh "$PWD/target/release/tcmu-sg"

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# End-to-end tests on the real 6.1 kernel. Runs inside the VM (see
+# run-vm.sh): a scsi_debug disk is the backing device, tcmu-sg serves a
+# user:sg backstore over it, and tcm_loop exports it to the same guest.
+#
+#   e2e.sh TCMU_SG_BINARY
+set -uo pipefail
+BIN=${1:?usage: e2e.sh TCMU_SG_BINARY}
+HERE=$(cd "$(dirname "$0")" && pwd)
+SGIO="python3 $HERE/sgio.py"
+LOG=/vm-out/tcmu-sg.log
+pass=0
+fail=0
+
+ok() { echo "PASS: $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+# check NAME COMMAND...: the command's exit status decides.
+check() {
+    local name=$1; shift
+    if "$@"; then ok "$name"; else bad "$name"; fi
+}
+
+finish() {
+    echo "--- daemon log (tail) ---"
+    tail -n 30 "$LOG" 2>/dev/null
+    echo "e2e: $pass passed, $fail failed"
+    echo "$pass passed, $fail failed"
+    [ "$fail" -eq 0 ]
+    exit $?
+}
+
+# --- set-up ---------------------------------------------------------------
+for m in sd_mod sg target_core_user tcm_loop; do modprobe "$m" || { bad "modprobe $m"; finish; }; done
+modprobe scsi_debug dev_size_mb=256 sector_size=512 || { bad "modprobe scsi_debug"; finish; }
+mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing
+udevadm settle 2>/dev/null || sleep 1
+
+backing_addr=$(lsscsi | awk '/scsi_debug/{print $1; exit}' | tr -d '[]')
+BACK=$(ls /sys/class/scsi_device/"$backing_addr"/device/block/ 2>/dev/null | head -1)
+BACK_SG=$(ls /sys/class/scsi_device/"$backing_addr"/device/scsi_generic/ 2>/dev/null | head -1)
+[ -n "$BACK" ] && [ -n "$BACK_SG" ] || { bad "scsi_debug disk present"; finish; }
+BACK=/dev/$BACK
+BACK_SG=/dev/$BACK_SG
+backing_host=${backing_addr%%:*}
+echo "backing device: $BACK ($BACK_SG, host $backing_host)"
+
+check "check-config accepts the backing device" "$BIN" check-config "sg/$BACK"
+check "check-config refuses a regular file" bash -c "! $BIN check-config sg//etc/hostname"
+check "check-config refuses an unknown option" bash -c "! $BIN check-config 'sg/$BACK;bogus=1'"
+
+"$BIN" run --log-level debug > "$LOG" 2>&1 &
+DAEMON=$!
+sleep 0.5
+kill -0 $DAEMON 2>/dev/null || { bad "daemon starts"; finish; }
+
+# --- identity, capacity, data ---------------------------------------------
+LUN=$(timeout 90 "$BIN" export --name d0 "$BACK") || { bad "export d0"; finish; }
+LUN_SG=/dev/$(ls /sys/class/block/"${LUN#/dev/}"/device/scsi_generic/)
+echo "initiator sees $LUN ($LUN_SG)"
+check "uio name carries the config" grep -q "^tcm-user/1/d0/sg/$BACK\$" /sys/class/uio/uio*/name
+
+inq_b=$(sg_inq "$BACK" | grep -v 'Vendor specific\|^ *$') ; inq_l=$(sg_inq "$LUN" | grep -v 'Vendor specific\|^ *$')
+check "sg_inq matches the backing device" [ "$inq_b" == "$inq_l" ]
+vpd_b=$(sg_vpd -p sn "$BACK" 2>&1); vpd_l=$(sg_vpd -p sn "$LUN" 2>&1)
+check "unit serial VPD matches" [ "$vpd_b" == "$vpd_l" ]
+cap_b=$(sg_readcap -l "$BACK"); cap_l=$(sg_readcap -l "$LUN")
+check "sg_readcap -l matches" [ "$cap_b" == "$cap_l" ]
+echo "$cap_l" | head -3
+
+fio --name=verify --filename="$LUN" --rw=randwrite --bs=64k --size=64M --direct=1 \
+    --ioengine=libaio --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+    --randseed=1234 --output=/vm-out/fio-verify.txt >/dev/null 2>&1
+check "fio writes 64 MiB through the LUN and verifies it" grep -q 'err= 0' /vm-out/fio-verify.txt
+sum_l=$(dd if="$LUN" bs=1M count=64 iflag=direct 2>/dev/null | sha256sum)
+sum_b=$(dd if="$BACK" bs=1M count=64 iflag=direct 2>/dev/null | sha256sum)
+check "the 64 MiB read back directly from the backing device are identical" [ "$sum_l" == "$sum_b" ]
+
+# --- status fidelity --------------------------------------------------------
+# An unknown opcode: the backing device's own ILLEGAL REQUEST sense.
+check "INVALID COMMAND OPCODE sense identical" $SGIO same "$BACK_SG" "$LUN_SG" "d1000000000000000000" --status 2 --key 5
+# READ CAPACITY(16) data identical.
+check "READ CAPACITY(16) identical" bash -c "[ \"\$($SGIO run $BACK_SG 9e10000000000000000000000020000000 --in 32 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"data_sha256\"])')\" == \"\$($SGIO run $LUN_SG 9e10000000000000000000000020000000 --in 32 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"data_sha256\"])')\" ]"
+
+echo 2 > /sys/bus/pseudo/drivers/scsi_debug/opts   # medium errors at LBA 0x1234..
+check "medium error: CHECK CONDITION, MEDIUM ERROR, identical sense (READ16 on sg nodes)" \
+    $SGIO same "$BACK_SG" "$LUN_SG" "88000000000000001230000000100000" --in 8192 --status 2 --key 3
+check "medium error: identical through the block node too (READ10)" \
+    $SGIO same "$BACK" "$LUN" "28000000123000001000" --in 8192 --status 2 --key 3
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
+
+# --- splitting ----------------------------------------------------------------
+timeout 60 "$BIN" unexport --name d0 || bad "unexport d0"
+check "unexport removed the backstore" [ ! -e /sys/kernel/config/target/core/user_1/d0 ]
+LUN=$(timeout 90 "$BIN" export --name d1 --options "max_xfer_kb=64" "$BACK") || { bad "export d1 (max_xfer_kb=64)"; finish; }
+LUN_SG=/dev/$(ls /sys/class/block/"${LUN#/dev/}"/device/scsi_generic/)
+T=/sys/kernel/tracing
+trace_on() { echo "host_no == $backing_host" > $T/events/scsi/scsi_dispatch_cmd_start/filter
+             echo > $T/trace; echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
+trace_off() { echo 0 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
+# "lba txlen" of every WRITE(10) the backing device received, in order.
+writes() { grep -o 'cmnd=(WRITE_10 lba=[0-9]* txlen=[0-9]*' $T/trace | sed 's/.*lba=\([0-9]*\) txlen=\([0-9]*\)/\1 \2/'; }
+expect_chunks() { # FIRST_LBA COUNT: COUNT chunks of 128 blocks from FIRST_LBA
+    seq 0 $(($2 - 1)) | awk -v f="$1" '{print f + 128 * $1, 128}'; }
+
+# One 1 MiB WRITE(10), the largest single command tcm_loop's initiator
+# passes (256 segments of 4 KiB): 16 chunks of 64 KiB, in order.
+dd if=/dev/urandom of=/tmp/p1 bs=1M count=1 2>/dev/null
+trace_on
+w=$($SGIO run "$LUN_SG" 2a000000800000080000 --out /tmp/p1)
+trace_off
+echo "1 MiB WRITE(10) at LBA 0x8000: $w"
+check "1 MiB write completes GOOD" bash -c "echo '$w' | grep -q '\"status\": 0,'"
+check "it reached the backing device as 16 WRITE(10) of 128 blocks, in LBA order" \
+    diff <(writes) <(expect_chunks 32768 16)
+check "the split write landed intact on the backing device" \
+    cmp <(dd if="$BACK" bs=512 skip=32768 count=2048 iflag=direct 2>/dev/null) /tmp/p1
+
+# A 4 MiB write through the initiator's block device (4 commands of 1 MiB):
+# 64 chunks of 64 KiB covering the range exactly once.
+echo 1024 > /sys/block/"${LUN#/dev/}"/queue/max_sectors_kb
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
+trace_on
+dd if=/tmp/pattern of="$LUN" bs=4M count=1 seek=16 oflag=direct 2>/dev/null
+trace_off
+echo "4 MiB write: the backing device saw $(writes | wc -l) WRITE(10) commands: $(writes | awk '{print $2}' | sort | uniq -c | tr -s ' ')"
+check "a 4 MiB write became 64 chunks of 64 KiB covering it exactly" \
+    diff <(writes | sort -n) <(expect_chunks 131072 64)
+check "the 4 MiB landed intact on the backing device" \
+    cmp <(dd if="$BACK" bs=1M skip=64 count=4 iflag=direct 2>/dev/null) /tmp/pattern
+check "and read back through the LUN (split reads) intact" \
+    cmp <(dd if="$LUN" bs=1M skip=64 count=4 iflag=direct 2>/dev/null) /tmp/pattern
+
+# A split read that meets a medium error stops at the failing chunk and
+# reports the backing device's sense: 1 MiB from LBA 0x1100; the error is
+# at 0x1234, in the third chunk.
+echo 2 > /sys/bus/pseudo/drivers/scsi_debug/opts
+out=$($SGIO same "$BACK_SG" "$LUN_SG" "28000000110000080000" --in 1048576)
+echo "split read over a medium error: $out"
+check "split read over a medium error: status and sense identical" \
+    $SGIO same "$BACK_SG" "$LUN_SG" "28000000110000080000" --in 1048576 --status 2 --key 3
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
+
+# --- shutdown -----------------------------------------------------------------
+timeout 60 "$BIN" unexport --name d1 || bad "unexport d1"
+kill -TERM $DAEMON
+wait $DAEMON
+check "daemon exits cleanly on SIGTERM" [ $? -eq 0 ]
+finish
