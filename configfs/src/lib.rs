@@ -450,7 +450,9 @@ mod tests {
             read(&l.path().join("tpgt_1/nexus")).unwrap(),
             "naa.5001405000000002"
         );
+        // configfs creates these with the TPG.
         fs::write(l.path().join("tpgt_1/address"), "7:0:1\n").unwrap();
+        fs::create_dir(l.path().join("tpgt_1/lun")).unwrap();
         let a = l.add_lun(1, 0, b.path()).unwrap();
         assert_eq!(a.to_string(), "7:0:1:0");
         assert!(l.path().join("tpgt_1/lun/lun_0/tcm_loop_port").is_symlink());
