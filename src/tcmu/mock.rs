@@ -79,6 +79,8 @@ pub struct MockKernel {
     broken: bool,
     /// Completions the kernel saw, in the order it processed them.
     pub completed: Vec<Completed>,
+    /// PAD entries written so far.
+    pub pads: usize,
 }
 
 impl MockKernel {
@@ -109,6 +111,7 @@ impl MockKernel {
             last_cleaned: 0,
             broken: false,
             completed: Vec::new(),
+            pads: 0,
         }
     }
 
@@ -210,6 +213,7 @@ impl MockKernel {
             self.map.write_u16(pad + HDR_KFLAGS as u64, 0).unwrap();
             head = 0;
             self.set_head(0);
+            self.pads += 1;
         }
         self.free_blocks = probe;
         let id = self.alloc_id();
@@ -271,6 +275,7 @@ impl MockKernel {
             let pad = (self.cmdr_off + head) as u64;
             self.map.write_u32(pad, to_end as u32 | OP_PAD).unwrap();
             head = 0;
+            self.pads += 1;
         }
         let entry = (self.cmdr_off + head) as u64;
         self.map.fill(entry, size as u64, 0).unwrap();
@@ -358,8 +363,8 @@ impl MockKernel {
         self.commands.get(&cmd_id).map(|c| c.iovs.clone())
     }
 
-    /// Takes `n` data blocks out of circulation so later commands get
-    /// fragmented iovecs.
+    /// Keeps only every `keep_every`-th free data block, so later commands
+    /// get fragmented iovecs (one per block).
     pub fn fragment(&mut self, keep_every: u64) {
         let mut i = 0u64;
         self.free_blocks.retain(|_| {
