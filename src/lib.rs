@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dma;
 pub mod error;
 pub mod export;
+pub mod inspect;
 pub mod passthrough;
 pub mod sys;
 

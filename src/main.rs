@@ -47,6 +47,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         lun: u64,
     },
+    /// Print and check the raw entries queued on an unserved device
+    /// (diagnostics; the device must not be served by a running daemon).
+    #[command(hide = true)]
+    RingDump {
+        /// Backstore name.
+        device: String,
+        /// Seconds to wait for an entry.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
     /// Remove what export created.
     Unexport {
         #[arg(long)]
@@ -124,6 +134,15 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("tcmu-sg export: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::RingDump { device, wait } => {
+            match tcmu_sg::inspect::ring_dump(&device, std::time::Duration::from_secs(wait)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("ring-dump: {e}");
                     ExitCode::from(1)
                 }
             }

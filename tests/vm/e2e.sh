@@ -49,13 +49,28 @@ check "check-config accepts the backing device" "$BIN" check-config "sg/$BACK"
 check "check-config refuses a regular file" bash -c "! $BIN check-config sg//etc/hostname"
 check "check-config refuses an unknown option" bash -c "! $BIN check-config 'sg/$BACK;bogus=1'"
 
+# --- the ring as the 6.1 kernel writes it ---------------------------------
+# Export before the daemon runs: the initiator's scan queues an INQUIRY on
+# the ring and waits. ring-dump reads that entry raw and checks it against
+# our ABI; the daemon, started next, must pick up the command it finds
+# already queued (as after a restart) and answer it, ending the scan.
+timeout 120 "$BIN" export --name d0 "$BACK" > /tmp/export-d0 2>&1 &
+EXPORT=$!
+dump=$("$BIN" ring-dump d0 --wait 60)
+echo "$dump"
+check "6.1 ring: mailbox v2 with OOOC, READ_LEN, TMR, KEEP_BUF" grep -q 'mailbox version 2 flags 0xf ' <<< "$dump"
+check "6.1 ring: INQUIRY entry is 120 bytes, CDB at entry + 112, layout OK" \
+    bash -c "grep -q 'CMD len 120 .* iov_cnt 1 cdb_off = entry + 112 cdb \[12,' <<< '$dump' && grep -q 'layout OK' <<< '$dump'"
+
 "$BIN" run --log-level debug > "$LOG" 2>&1 &
 DAEMON=$!
-sleep 0.5
-kill -0 $DAEMON 2>/dev/null || { bad "daemon starts"; finish; }
+wait $EXPORT
+check "the daemon answered the command queued before it started" [ $? -eq 0 ]
+kill -0 $DAEMON 2>/dev/null || { bad "daemon runs"; finish; }
 
 # --- identity, capacity, data ---------------------------------------------
-LUN=$(timeout 90 "$BIN" export --name d0 "$BACK") || { bad "export d0"; finish; }
+LUN=$(cat /tmp/export-d0)
+[ -b "$LUN" ] || { bad "export d0 gave a block device ($LUN)"; finish; }
 LUN_SG=/dev/$(ls /sys/class/block/"${LUN#/dev/}"/device/scsi_generic/)
 echo "initiator sees $LUN ($LUN_SG)"
 check "uio name carries the config" grep -q "^tcm-user/1/d0/sg/$BACK\$" /sys/class/uio/uio*/name
