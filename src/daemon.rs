@@ -7,7 +7,7 @@
 //! the device thread -> the device thread writes the completions, publishes
 //! `cmd_tail` and rings the doorbell once per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,10 +24,9 @@ use crate::scsi::direction::Direction;
 use crate::sg::backing::{self, Backing};
 use crate::sg::io::{sg_io, SgScratch};
 use crate::sys::{self, EventFd};
-use crate::tcmu::abi::TmrType;
 use crate::tcmu::mapping::Mapping;
 use crate::tcmu::netlink;
-use crate::tcmu::ring::{Completion, Entry, Ring};
+use crate::tcmu::ring::{CmdRequest, Completion, Entry, Ring};
 use crate::tcmu::uio::{self, UioDev, UioDevice};
 
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ impl Default for Options {
         Options {
             sys: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
-            workers: (cpus * 4).clamp(4, 64),
+            workers: (cpus * 8).clamp(16, 128),
             rescan: Duration::from_secs(5),
         }
     }
@@ -64,7 +63,7 @@ struct DevShared {
 struct Job {
     dev: Arc<DevShared>,
     backing: Arc<Backing>,
-    cmd: crate::tcmu::ring::CmdRequest,
+    cmd: CmdRequest,
 }
 
 fn worker(rx: Receiver<Job>) {
@@ -110,12 +109,42 @@ struct DeviceThread {
     handle: JoinHandle<()>,
 }
 
+/// How a device thread hands commands to the shared worker pool.
+struct Dispatch {
+    jobs: Sender<Job>,
+    /// Commands read from the ring and not yet handed to a worker.
+    queue: VecDeque<CmdRequest>,
+    /// Commands handed to workers and not yet back.
+    in_workers: usize,
+    /// The most commands of this device the workers hold at once, so a dead
+    /// or slow backing device cannot take every worker from the others.
+    cap: usize,
+}
+
+impl Dispatch {
+    fn pump(&mut self, shared: &Arc<DevShared>, backing: &Arc<Backing>) -> Result<(), ()> {
+        while self.in_workers < self.cap {
+            let Some(cmd) = self.queue.pop_front() else {
+                break;
+            };
+            let job = Job {
+                dev: shared.clone(),
+                backing: backing.clone(),
+                cmd,
+            };
+            self.jobs.send(job).map_err(|_| ())?;
+            self.in_workers += 1;
+        }
+        Ok(())
+    }
+}
+
 fn run_device(
     shared: Arc<DevShared>,
     uiodev: UioDevice,
     mut ring: Ring,
     mut backing: Result<Arc<Backing>, String>,
-    jobs: Sender<Job>,
+    mut dispatch: Dispatch,
 ) {
     let label = shared.label.clone();
     let mut entries = Vec::new();
@@ -124,13 +153,17 @@ fn run_device(
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         if stopping && stop_deadline.is_none() {
-            stop_deadline = Some(Instant::now() + Duration::from_secs(30));
+            // Every command read must be completed before we go: with
+            // out-of-order completion its slot may already hold another
+            // command's response, so the next daemon could not re-read it.
+            let grace = backing.as_ref().map_or(0, |b| b.timeout_ms / 1000) as u64 + 10;
+            stop_deadline = Some(Instant::now() + Duration::from_secs(grace));
         }
         if let Some(d) = stop_deadline {
             if ring.outstanding() == 0 || Instant::now() > d {
                 if ring.outstanding() > 0 {
                     log::warn!(
-                        "{label}: stopping with {} commands in flight; they stay in the ring for the next start",
+                        "{label}: stopping with {} commands unfinished; the kernel times them out",
                         ring.outstanding()
                     );
                 }
@@ -141,22 +174,20 @@ fn run_device(
             log::error!("{label}: poll: {e}");
             break;
         }
-        let mut gone = false;
         if revents[0] != 0 {
             if let Err(e) = sys::read_u32(uiodev.fd()) {
                 log::info!("{label}: uio device went away ({e})");
-                gone = true;
+                break;
             }
         }
         if revents[1] != 0 {
             shared.wake.drain();
         }
-        if gone {
-            break;
-        }
+        let mut batch = std::mem::take(&mut *shared.done.lock().unwrap());
+        dispatch.in_workers -= batch.len();
         // A reconfiguration waits until the commands in flight are done.
         let pending = shared.reconfig.lock().unwrap().is_some();
-        if pending && ring.outstanding() == 0 {
+        if pending && ring.outstanding() == batch.len() {
             let cfg = shared.reconfig.lock().unwrap().take().unwrap();
             drop(backing);
             backing = open_backing(&cfg);
@@ -167,7 +198,6 @@ fn run_device(
                 ),
             }
         }
-        let mut batch = std::mem::take(&mut *shared.done.lock().unwrap());
         if !stopping && !pending {
             entries.clear();
             if let Err(e) = ring.poll_into(&mut entries) {
@@ -179,17 +209,7 @@ fn run_device(
             for e in entries.drain(..) {
                 match e {
                     Entry::Cmd(cmd) => match &backing {
-                        Ok(b) => {
-                            let job = Job {
-                                dev: shared.clone(),
-                                backing: b.clone(),
-                                cmd,
-                            };
-                            if jobs.send(job).is_err() {
-                                log::error!("{label}: worker pool gone");
-                                return;
-                            }
-                        }
+                        Ok(_) => dispatch.queue.push_back(cmd),
                         Err(why) => {
                             let o = CmdError::NotReady(why.clone()).outcome();
                             batch.push(completion(cmd.cmd_id, Direction::None, 0, &o));
@@ -202,11 +222,9 @@ fn run_device(
                     }
                     Entry::Tmr { tmr_type, cmd_ids } => {
                         log::info!(
-                            "{label}: task management {tmr_type:?} for commands {cmd_ids:?}"
+                            "{label}: task management {tmr_type:?} for commands {cmd_ids:?}; \
+                             they complete as the backing device answers"
                         );
-                        if tmr_type == TmrType::LunReset {
-                            log::info!("{label}: LUN reset; commands in flight complete as the backing device answers");
-                        }
                     }
                     Entry::Unknown { cmd_id, op } => {
                         log::warn!(
@@ -217,6 +235,12 @@ fn run_device(
                         batch.push(c);
                     }
                 }
+            }
+        }
+        if let Ok(b) = &backing {
+            if dispatch.pump(&shared, b).is_err() {
+                log::error!("{label}: worker pool gone");
+                break;
             }
         }
         for c in batch {
@@ -270,7 +294,7 @@ impl Daemon {
     }
 
     fn start(&mut self, d: &UioDev) {
-        let label = format!("{}/{} ({})", d.name.configfs_dir(), d.name.cfg, d.uio);
+        let label = format!("{} ({})", d.name.configfs_dir(), d.uio);
         let uiodev = match UioDevice::open(&self.opts.sys, &self.opts.dev, &d.uio) {
             Ok(u) => u,
             Err(e) => {
@@ -290,11 +314,15 @@ impl Daemon {
         let backing = open_backing(&d.name.cfg);
         match &backing {
             Ok(b) => log::info!(
-                "{label}: serving {} (ring flags {:#x})",
+                "{label}: '{}' serving {} (ring flags {:#x})",
+                d.name.cfg,
                 b.info.describe(),
                 ring.flags()
             ),
-            Err(e) => log::error!("{label}: bad config ({e}); answering every command NOT READY"),
+            Err(e) => log::error!(
+                "{label}: bad config '{}' ({e}); answering every command NOT READY",
+                d.name.cfg
+            ),
         }
         let shared = Arc::new(DevShared {
             label: label.clone(),
@@ -304,11 +332,16 @@ impl Daemon {
             stop: AtomicBool::new(false),
             reconfig: Mutex::new(None),
         });
-        let jobs = self.jobs.clone();
+        let dispatch = Dispatch {
+            jobs: self.jobs.clone(),
+            queue: VecDeque::new(),
+            in_workers: 0,
+            cap: (self.opts.workers / 2).max(1),
+        };
         let s2 = shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("dev-{}", d.uio))
-            .spawn(move || run_device(s2, uiodev, ring, backing, jobs))
+            .spawn(move || run_device(s2, uiodev, ring, backing, dispatch))
             .expect("spawn device thread");
         self.failed.remove(&d.uio);
         self.devices.insert(

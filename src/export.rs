@@ -78,6 +78,24 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Points an existing backstore at a new config string (the kernel sends
+/// RECONFIG_DEVICE; the daemon drains the commands in flight and reopens).
+/// The string is checked first, so a typo is refused here; a device that
+/// vanished later is answered NOT READY by the daemon.
+pub fn set_config(t: &Target, name: &str, hba: u32, cfg: &str) -> Result<(), String> {
+    let cfg = if cfg.starts_with("sg/") {
+        cfg.to_string()
+    } else {
+        format!("sg/{cfg}")
+    };
+    config::parse(&cfg).map_err(|e| e.to_string())?;
+    let b = t.user_backstore(hba, name).map_err(|e| e.to_string())?;
+    if !b.exists() {
+        return Err(format!("{} does not exist", b.path().display()));
+    }
+    b.set_attrib("dev_config", &cfg).map_err(|e| e.to_string())
+}
+
 /// Removes what `export` created.
 pub fn unexport(t: &Target, name: &str, hba: u32) -> Result<(), String> {
     let l = loop_target(t, name)?;

@@ -57,6 +57,15 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+    /// Change the config string of an existing user:sg backstore.
+    SetConfig {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        hba: u32,
+        /// sg/<device>[;options] (the sg/ may be left out).
+        cfgstring: String,
+    },
     /// Remove what export created.
     Unexport {
         #[arg(long)]
@@ -143,6 +152,20 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     println!("ring-dump: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::SetConfig {
+            name,
+            hba,
+            cfgstring,
+        } => {
+            match tcmu_sg::export::set_config(&configfs::Target::default(), &name, hba, &cfgstring)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tcmu-sg set-config: {e}");
                     ExitCode::from(1)
                 }
             }

@@ -156,6 +156,28 @@ check "split read over a medium error: status and sense identical" \
     $SGIO same "$BACK_SG" "$LUN_SG" "28000000110000080000" --in 1048576 --status 2 --key 3
 echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
 
+# --- reconfiguration ---------------------------------------------------------
+wait_log() { for _ in $(seq 100); do grep -q "$1" "$LOG" && return 0; sleep 0.1; done; return 1; }
+"$BIN" set-config --name d1 "sg/$BACK;max_xfer_kb=32"
+check "RECONFIG: the daemon reopened with max_xfer_kb=32" wait_log "reconfigured: .*max transfer 32 KiB"
+trace_on
+w=$($SGIO run "$LUN_SG" 2a000000800000080000 --out /tmp/p1)
+trace_off
+check "after reconfig a 1 MiB write is 32 chunks of 64 blocks" \
+    diff <(writes) <(seq 0 31 | awk '{print 32768 + 64 * $1, 64}')
+check "set-config refuses a bad config string" bash -c "! $BIN set-config --name d1 'sg/$BACK;bogus=1'"
+"$BIN" set-config --name d1 "sg//dev/sd-gone"
+check "RECONFIG to a missing device is logged" wait_log "reconfigured with a bad config"
+t=$($SGIO run "$LUN_SG" 000000000000)
+echo "TEST UNIT READY on a device without backing: $t"
+check "  and every command is answered NOT READY 04/03" \
+    grep -q '"status": 2,.*"sense": "700002000000000a00000000040300000000"' <<< "$t"
+check "the daemon is still running" kill -0 $DAEMON
+"$BIN" set-config --name d1 "sg/$BACK"
+wait_log "reconfigured: .*max transfer 4096 KiB" || true
+t=$($SGIO run "$LUN_SG" 000000000000)
+check "  and recovers when pointed back at the disk" grep -q '"status": 0,' <<< "$t"
+
 # --- shutdown -----------------------------------------------------------------
 timeout 60 "$BIN" unexport --name d1 || bad "unexport d1"
 kill -TERM $DAEMON
