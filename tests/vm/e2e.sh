@@ -31,7 +31,7 @@ finish() {
 
 # --- set-up ---------------------------------------------------------------
 for m in sd_mod sg target_core_user tcm_loop; do modprobe "$m" || { bad "modprobe $m"; finish; }; done
-modprobe scsi_debug dev_size_mb=256 sector_size=512 || { bad "modprobe scsi_debug"; finish; }
+modprobe scsi_debug dev_size_mb=256 sector_size=512 max_luns=4 || { bad "modprobe scsi_debug"; finish; }
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing
 udevadm settle 2>/dev/null || sleep 1
@@ -48,6 +48,12 @@ echo "backing device: $BACK ($BACK_SG, host $backing_host)"
 check "check-config accepts the backing device" "$BIN" check-config "sg/$BACK"
 check "check-config refuses a regular file" bash -c "! $BIN check-config sg//etc/hostname"
 check "check-config refuses an unknown option" bash -c "! $BIN check-config 'sg/$BACK;bogus=1'"
+check "check-config refuses a directory" bash -c "! $BIN check-config sg//dev/disk"
+check "check-config refuses a missing device" bash -c "! $BIN check-config sg//dev/sdzz"
+check "check-config refuses a non-SCSI device node" bash -c "! $BIN check-config sg//dev/null"
+check "an sg node resolves to its block node" bash -c "$BIN check-config sg/$BACK_SG | grep -q '^sg: $BACK (block, $BACK_SG)'"
+mkdir -p /dev/disk/by-id && ln -sf "../../${BACK#/dev/}" /dev/disk/by-id/scsi-test-backing
+check "a /dev/disk/by-id link resolves to the disk" bash -c "$BIN check-config sg//dev/disk/by-id/scsi-test-backing | grep -q '^sg: $BACK (block'"
 
 # --- the ring as the 6.1 kernel writes it ---------------------------------
 # Export before the daemon runs: the initiator's scan queues an INQUIRY on
@@ -177,6 +183,52 @@ check "the daemon is still running" kill -0 $DAEMON
 wait_log "reconfigured: .*max transfer 4096 KiB" || true
 t=$($SGIO run "$LUN_SG" 000000000000)
 check "  and recovers when pointed back at the disk" grep -q '"status": 0,' <<< "$t"
+
+# --- a dead backing device ---------------------------------------------------
+# scsi_debug ignores every command (opts=4, every_nth=1): our SG_IO times out
+# after timeout_s=2 and the initiator gets an answer well before LIO's 30 s
+# cmd_time_out, while the daemon keeps serving.
+"$BIN" set-config --name d1 "sg/$BACK;timeout_s=2"
+wait_log "reconfigured: .*max transfer 4096 KiB" || true
+sleep 0.5
+echo 1 > /sys/bus/pseudo/drivers/scsi_debug/every_nth
+echo 4 > /sys/bus/pseudo/drivers/scsi_debug/opts
+t0=$(date +%s)
+t=$($SGIO run "$LUN_SG" 28000000000000000800 --in 4096)
+t1=$(date +%s)
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/every_nth
+echo "READ on a dead backing device, after $((t1 - t0)) s: $t"
+check "a command to a dead backing device is answered, not GOOD" bash -c "grep -q '\"status\": [1-9]' <<< '$t'"
+check "  within 25 s (LIO's cmd_time_out is 30 s)" [ $((t1 - t0)) -lt 25 ]
+sleep 1
+t=$($SGIO run "$LUN_SG" 28000000000000000800 --in 4096)
+check "  and the device serves again once the backing device is back" grep -q '"status": 0,' <<< "$t"
+
+# --- many devices in one daemon ---------------------------------------------
+others=$(lsscsi | awk '/scsi_debug/{print $NF}' | grep -v "^$BACK\$" | head -3)
+n=0; luns=()
+for b in $others; do
+    n=$((n + 1))
+    l=$(timeout 90 "$BIN" export --name "m$n" "$b") || { bad "export m$n over $b"; continue; }
+    luns+=("$l")
+done
+check "three more devices exported side by side" [ "${#luns[@]}" -eq 3 ]
+i=0; pids=()
+for l in "${luns[@]}"; do
+    # scsi_debug LUNs share one store: each device writes its own 16 MiB.
+    fio --name=m$i --filename="$l" --rw=randwrite --bs=16k --offset=$((96 + 16 * i))M --size=16M \
+        --direct=1 --ioengine=libaio --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --randseed=$i --output=/vm-out/fio-m$i.txt >/dev/null 2>&1 &
+    pids+=($!); i=$((i + 1))
+done
+okc=0
+for p in "${pids[@]}"; do wait "$p" && okc=$((okc + 1)); done
+check "concurrent fio verify on all three devices" [ "$okc" -eq 3 ]
+check "  with no errors reported" bash -c "! grep -L 'err= 0' /vm-out/fio-m*.txt | grep -q ."
+check "four sg devices are live in one daemon" bash -c "[ \$(cat /sys/class/uio/*/name | grep -c '/sg/') -eq 4 ]"
+check "  the daemon is one process serving them" kill -0 $DAEMON
+for k in $(seq 1 $n); do timeout 60 "$BIN" unexport --name "m$k" || bad "unexport m$k"; done
 
 # --- shutdown -----------------------------------------------------------------
 timeout 60 "$BIN" unexport --name d1 || bad "unexport d1"
