@@ -36,6 +36,8 @@ pub struct Options {
     pub workers: usize,
     /// How often sysfs is rescanned even without netlink events.
     pub rescan: Duration,
+    /// Serve targetcli on the D-Bus system bus.
+    pub dbus: bool,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             dev: PathBuf::from("/dev"),
             workers: (cpus * 8).clamp(16, 128),
             rescan: Duration::from_secs(5),
+            dbus: true,
         }
     }
 }
@@ -263,13 +266,19 @@ fn run_device(
     }
 }
 
+/// How long a device that failed to start waits before the next try.
+const RETRY: Duration = Duration::from_secs(2);
+
 pub struct Daemon {
     opts: Options,
     jobs: Sender<Job>,
     workers: Vec<JoinHandle<()>>,
     devices: HashMap<String, DeviceThread>,
     /// Devices that could not be started, by uio, with the name they had.
-    failed: HashMap<String, uio::UioName>,
+    /// Devices that could not be started, by uio: the name they had and
+    /// when they were tried. Retried when the name changes or after
+    /// `RETRY` (another process may have held the uio device open).
+    failed: HashMap<String, (uio::UioName, Instant)>,
 }
 
 impl Daemon {
@@ -295,21 +304,23 @@ impl Daemon {
 
     fn start(&mut self, d: &UioDev) {
         let label = format!("{} ({})", d.name.configfs_dir(), d.uio);
+        let retry = self.failed.contains_key(&d.uio);
+        let fail = |s: &mut Self, why: String| {
+            if retry {
+                log::debug!("{label}: {why} (will retry)");
+            } else {
+                log::error!("{label}: {why} (will retry every {RETRY:?})");
+            }
+            s.failed
+                .insert(d.uio.clone(), (d.name.clone(), Instant::now()));
+        };
         let uiodev = match UioDevice::open(&self.opts.sys, &self.opts.dev, &d.uio) {
             Ok(u) => u,
-            Err(e) => {
-                log::error!("{label}: cannot open /dev/{}: {e}", d.uio);
-                self.failed.insert(d.uio.clone(), d.name.clone());
-                return;
-            }
+            Err(e) => return fail(self, format!("cannot open /dev/{}: {e}", d.uio)),
         };
         let ring = match Ring::new(uiodev.map.clone()) {
             Ok(r) => r,
-            Err(e) => {
-                log::error!("{label}: {e}");
-                self.failed.insert(d.uio.clone(), d.name.clone());
-                return;
-            }
+            Err(e) => return fail(self, e.to_string()),
         };
         let backing = open_backing(&d.name.cfg);
         match &backing {
@@ -390,8 +401,14 @@ impl Daemon {
                         t.shared.wake.wake();
                     }
                 }
-            } else if self.failed.get(&d.uio) != Some(&d.name) {
-                self.start(d);
+            } else {
+                let due = match self.failed.get(&d.uio) {
+                    None => true,
+                    Some((name, at)) => name != &d.name || at.elapsed() >= RETRY,
+                };
+                if due {
+                    self.start(d);
+                }
             }
         }
     }
@@ -407,7 +424,27 @@ impl Daemon {
         let mut buf = vec![0u8; 16384];
         let mut revents = [0i16; 1];
         let mut last_scan = Instant::now() - self.opts.rescan;
+        let mut bus: Option<zbus::blocking::Connection> = None;
+        let mut bus_tried: Option<Instant> = None;
         while !sys::stop_requested() {
+            if self.opts.dbus
+                && bus.is_none()
+                && bus_tried.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                let first = bus_tried.is_none();
+                bus_tried = Some(Instant::now());
+                match crate::dbus::serve() {
+                    Ok((c, role)) => {
+                        log::info!("D-Bus: serving targetcli as {role:?}");
+                        bus = Some(c);
+                    }
+                    Err(e) if first => log::warn!(
+                        "D-Bus: {e}; targetcli cannot list user:sg for now \
+                         (retrying every 10 s)"
+                    ),
+                    Err(e) => log::debug!("D-Bus: {e}"),
+                }
+            }
             if nl.is_none() {
                 match netlink::Listener::open() {
                     Ok(l) => {
@@ -448,6 +485,7 @@ impl Daemon {
                 last_scan = Instant::now();
             }
         }
+        drop(bus);
         log::info!("stopping: finishing commands in flight");
         let uios: Vec<String> = self.devices.keys().cloned().collect();
         for u in &uios {

@@ -4,10 +4,23 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use configfs::{Control, LoopTarget, Target};
+use configfs::{Control, IscsiExport, LoopTarget, Target};
 
 use crate::config;
 use crate::sg::backing;
+
+/// Which fabric the backstore is exported on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fabric {
+    /// tcm_loop: the LUN appears as a local SCSI disk.
+    Loop,
+    /// LIO's iSCSI target on `portal`; `initiator` gets an ACL (else any
+    /// initiator may log in).
+    Iscsi {
+        portal: String,
+        initiator: Option<String>,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct ExportSpec {
@@ -17,6 +30,30 @@ pub struct ExportSpec {
     pub options: Option<String>,
     pub backing: PathBuf,
     pub lun: u64,
+    pub fabric: Fabric,
+    /// Device attributes written before the LUN is exported
+    /// (e.g. `pgr_support=0`).
+    pub attribs: Vec<(String, String)>,
+}
+
+/// What `export` made: the local device (tcm_loop) or the target IQN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exported {
+    Local(PathBuf),
+    Iscsi(String),
+}
+
+/// The target IQN of an iSCSI export of backstore `name`.
+pub fn iqn_for(name: &str) -> String {
+    let n: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    format!("iqn.2003-01.org.linux-iscsi.tcmu-sg:{n}")
 }
 
 /// A NAA-5 WWN derived from the device name, so export and unexport agree
@@ -34,10 +71,10 @@ fn loop_target(t: &Target, name: &str) -> Result<LoopTarget, String> {
     t.loopback(&wwn_for(name, 1)).map_err(|e| e.to_string())
 }
 
-/// Creates the backstore and the tcm_loop LUN; returns the initiator's
-/// block device. The daemon must be running: the initiator's scan of the
-/// new LUN is answered by it.
-pub fn export(t: &Target, spec: &ExportSpec) -> Result<PathBuf, String> {
+/// Creates the backstore and exports it. For tcm_loop it returns the
+/// initiator's block device; the daemon must be running, since the
+/// initiator's scan of the new LUN is answered by it.
+pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
     if !t.available() {
         return Err(format!(
             "{} not found: load target_core_user and tcm_loop and mount configfs",
@@ -68,14 +105,38 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<PathBuf, String> {
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
-    let l = loop_target(t, &spec.name)?;
-    l.create(1, &wwn_for(&spec.name, 2))
-        .map_err(|e| e.to_string())?;
-    let addr = l
-        .add_lun(1, spec.lun, b.path())
-        .map_err(|e| e.to_string())?;
-    addr.wait_block_device(Path::new("/sys"), Duration::from_secs(60))
-        .map_err(|e| e.to_string())
+    for (k, v) in &spec.attribs {
+        b.set_attrib(k, v)
+            .map_err(|e| format!("attribute {k}={v}: {e}"))?;
+    }
+    match &spec.fabric {
+        Fabric::Loop => {
+            let l = loop_target(t, &spec.name)?;
+            l.create(1, &wwn_for(&spec.name, 2))
+                .map_err(|e| e.to_string())?;
+            let addr = l
+                .add_lun(1, spec.lun, b.path())
+                .map_err(|e| e.to_string())?;
+            addr.wait_block_device(Path::new("/sys"), Duration::from_secs(60))
+                .map(Exported::Local)
+                .map_err(|e| e.to_string())
+        }
+        Fabric::Iscsi { portal, initiator } => {
+            let iqn = iqn_for(&spec.name);
+            let it = t.iscsi(&iqn).map_err(|e| e.to_string())?;
+            it.create(
+                b.path(),
+                &IscsiExport {
+                    tpgt: 1,
+                    portal: portal.clone(),
+                    lun: spec.lun,
+                    initiator: initiator.clone(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Exported::Iscsi(iqn))
+        }
+    }
 }
 
 /// Points an existing backstore at a new config string (the kernel sends
@@ -102,6 +163,10 @@ pub fn unexport(t: &Target, name: &str, hba: u32) -> Result<(), String> {
     if l.path().exists() {
         l.remove(1).map_err(|e| e.to_string())?;
     }
+    let it = t.iscsi(&iqn_for(name)).map_err(|e| e.to_string())?;
+    if it.path().exists() {
+        it.remove(1).map_err(|e| e.to_string())?;
+    }
     let b = t.user_backstore(hba, name).map_err(|e| e.to_string())?;
     b.remove().map_err(|e| e.to_string())
 }
@@ -116,5 +181,9 @@ mod tests {
         assert_ne!(wwn_for("d0", 1), wwn_for("d0", 2));
         assert_ne!(wwn_for("d0", 1), wwn_for("d1", 1));
         assert_eq!(wwn_for("d0", 1).len(), "naa.".len() + 16);
+        assert_eq!(
+            iqn_for("Disk_1"),
+            "iqn.2003-01.org.linux-iscsi.tcmu-sg:disk-1"
+        );
     }
 }

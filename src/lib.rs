@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod dma;
 pub mod error;
 pub mod export;

@@ -27,6 +27,9 @@ enum Cmd {
         /// SG_IO worker threads shared by all devices.
         #[arg(long)]
         workers: Option<usize>,
+        /// Do not serve targetcli on the D-Bus system bus.
+        #[arg(long)]
+        no_dbus: bool,
     },
     /// Check a config string (sg/<device>[;max_xfer_kb=N][;timeout_s=N]).
     CheckConfig { cfgstring: String },
@@ -46,6 +49,20 @@ enum Cmd {
         options: Option<String>,
         #[arg(long, default_value_t = 0)]
         lun: u64,
+        /// loop (tcm_loop, a local disk) or iscsi.
+        #[arg(long, default_value = "loop")]
+        fabric: String,
+        /// iSCSI portal (ip:port).
+        #[arg(long, default_value = "127.0.0.1:3260")]
+        portal: String,
+        /// iSCSI initiator IQN to give access; default: the one in
+        /// /etc/iscsi/initiatorname.iscsi, or any initiator if none.
+        #[arg(long)]
+        initiator: Option<String>,
+        /// Device attribute to set before the LUN is exported (repeatable),
+        /// e.g. pgr_support=0 to pass reservations to the backing device.
+        #[arg(long = "attrib", value_name = "NAME=VALUE")]
+        attribs: Vec<String>,
     },
     /// Print and check the raw entries queued on an unserved device
     /// (diagnostics; the device must not be served by a running daemon).
@@ -109,6 +126,14 @@ fn init_logging(level: log::LevelFilter, use_syslog: bool) -> Result<(), String>
     Ok(())
 }
 
+/// The local open-iscsi initiator name, if configured.
+fn local_initiator_name() -> Option<String> {
+    let s = std::fs::read_to_string("/etc/iscsi/initiatorname.iscsi").ok()?;
+    s.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find_map(|l| l.trim().strip_prefix("InitiatorName=").map(str::to_string))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -128,17 +153,46 @@ fn main() -> ExitCode {
             hba,
             options,
             lun,
+            fabric,
+            portal,
+            initiator,
+            attribs,
         } => {
+            let fabric = match fabric.as_str() {
+                "loop" => tcmu_sg::export::Fabric::Loop,
+                "iscsi" => tcmu_sg::export::Fabric::Iscsi {
+                    portal,
+                    initiator: initiator.or_else(local_initiator_name),
+                },
+                other => {
+                    eprintln!("tcmu-sg export: unknown fabric '{other}' (loop or iscsi)");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut pairs = Vec::new();
+            for a in attribs {
+                let Some((k, v)) = a.split_once('=') else {
+                    eprintln!("tcmu-sg export: --attrib {a}: expected NAME=VALUE");
+                    return ExitCode::from(2);
+                };
+                pairs.push((k.to_string(), v.to_string()));
+            }
             let spec = tcmu_sg::export::ExportSpec {
                 name,
                 hba,
                 options,
                 backing,
                 lun,
+                fabric,
+                attribs: pairs,
             };
             match tcmu_sg::export::export(&configfs::Target::default(), &spec) {
-                Ok(dev) => {
+                Ok(tcmu_sg::export::Exported::Local(dev)) => {
                     println!("{}", dev.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(tcmu_sg::export::Exported::Iscsi(iqn)) => {
+                    println!("{iqn}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -183,6 +237,7 @@ fn main() -> ExitCode {
             log_level,
             syslog,
             workers,
+            no_dbus,
         } => {
             if let Err(e) = init_logging(log_level, syslog) {
                 eprintln!("tcmu-sg: {e}");
@@ -192,7 +247,10 @@ fn main() -> ExitCode {
                 log::error!("signals: {e}");
                 return ExitCode::from(2);
             }
-            let mut opts = tcmu_sg::daemon::Options::default();
+            let mut opts = tcmu_sg::daemon::Options {
+                dbus: !no_dbus,
+                ..Default::default()
+            };
             if let Some(w) = workers {
                 opts.workers = w.clamp(1, 256);
             }

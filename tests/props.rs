@@ -134,7 +134,7 @@ proptest! {
         let o = run(&cdb, Direction::FromDevice, &iovs, Some(split), &mut Scratch::default(), &mut ctx,
             |(seen, calls): &mut (&mut Vec<DataIov>, &mut u32), io: &ChunkIo<'_>| {
                 assert_eq!(io.iovs.iter().map(|v| v.len).sum::<u64>(), io.len);
-                assert!(io.len <= max_blocks * 512 && io.len % 512 == 0);
+                assert!(io.len <= max_blocks * 512 && io.len.is_multiple_of(512));
                 seen.extend_from_slice(io.iovs);
                 **calls += 1;
                 SgResult::good()

@@ -115,6 +115,30 @@ impl Target {
         })
     }
 
+    /// A ramdisk backstore `core/rd_mcp_<hba>/<name>` (not created yet), with
+    /// LIO's own SPC-3 persistent reservations.
+    pub fn ramdisk(&self, hba: u32, name: &str) -> Result<Ramdisk> {
+        let name = component("backstore name", name)?;
+        Ok(Ramdisk {
+            hba_dir: self.root.join(format!("core/rd_mcp_{hba}")),
+            dir: self.root.join(format!("core/rd_mcp_{hba}/{name}")),
+        })
+    }
+
+    /// An iSCSI target `iscsi/<iqn>` (not created yet).
+    pub fn iscsi(&self, iqn: &str) -> Result<IscsiTarget> {
+        let iqn = component("iqn", iqn)?;
+        if !iqn.starts_with("iqn.") && !iqn.starts_with("naa.") && !iqn.starts_with("eui.") {
+            return Err(Error::Invalid {
+                what: "iqn",
+                value: iqn.into(),
+            });
+        }
+        Ok(IscsiTarget {
+            dir: self.root.join("iscsi").join(iqn),
+        })
+    }
+
     /// A tcm_loop target `loopback/<wwn>` (not created yet).
     pub fn loopback(&self, wwn: &str) -> Result<LoopTarget> {
         let wwn = component("wwn", wwn)?;
@@ -237,6 +261,33 @@ impl UserBackstore {
         {
             let _ = rmdir(&self.hba_dir);
         }
+        Ok(())
+    }
+}
+
+/// `core/rd_mcp_<hba>/<name>`.
+#[derive(Debug, Clone)]
+pub struct Ramdisk {
+    hba_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ramdisk {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates a ramdisk of `pages` 4 KiB pages and enables it.
+    pub fn create(&self, pages: u64) -> Result<()> {
+        mkdir(&self.hba_dir)?;
+        mkdir(&self.dir)?;
+        write(&self.dir.join("control"), &format!("rd_pages={pages}"))?;
+        write(&self.dir.join("enable"), "1")
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        rmdir(&self.dir)?;
+        let _ = rmdir(&self.hba_dir);
         Ok(())
     }
 }
@@ -391,6 +442,120 @@ impl LoopTarget {
     }
 }
 
+/// `iscsi/<iqn>`: an iSCSI target with one TPG.
+#[derive(Debug, Clone)]
+pub struct IscsiTarget {
+    dir: PathBuf,
+}
+
+/// What an iSCSI export consists of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiExport {
+    pub tpgt: u16,
+    /// `ip:port`, e.g. `127.0.0.1:3260`.
+    pub portal: String,
+    pub lun: u64,
+    /// Initiator IQN given access (an ACL); `None` opens the TPG to any
+    /// initiator (generate_node_acls=1, no write protection).
+    pub initiator: Option<String>,
+}
+
+impl IscsiTarget {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn tpg(&self, tpgt: u16) -> PathBuf {
+        self.dir.join(format!("tpgt_{tpgt}"))
+    }
+
+    /// Creates target, TPG, portal, LUN and ACL, disables CHAP, enables
+    /// the TPG.
+    pub fn create(&self, backstore: &Path, e: &IscsiExport) -> Result<()> {
+        let portal = component("portal", &e.portal)?;
+        if let Some(parent) = self.dir.parent() {
+            mkdir(parent)?;
+        }
+        mkdir(&self.dir)?;
+        let tpg = self.tpg(e.tpgt);
+        mkdir(&tpg)?;
+        mkdir(&tpg.join("np").join(portal))?;
+        let lun = tpg.join(format!("lun/lun_{}", e.lun));
+        mkdir(&lun)?;
+        let link = lun.join("port");
+        if !link.exists() {
+            std::os::unix::fs::symlink(backstore, &link).map_err(io_at(&link))?;
+        }
+        write(&tpg.join("attrib/authentication"), "0")?;
+        match &e.initiator {
+            Some(ini) => {
+                let ini = component("initiator iqn", ini)?;
+                write(&tpg.join("attrib/generate_node_acls"), "0")?;
+                let acl_lun = tpg.join("acls").join(ini).join(format!("lun_{}", e.lun));
+                mkdir(&tpg.join("acls").join(ini))?;
+                mkdir(&acl_lun)?;
+                let l = acl_lun.join("port");
+                if !l.exists() {
+                    std::os::unix::fs::symlink(&lun, &l).map_err(io_at(&l))?;
+                }
+            }
+            None => {
+                write(&tpg.join("attrib/generate_node_acls"), "1")?;
+                write(&tpg.join("attrib/demo_mode_write_protect"), "0")?;
+            }
+        }
+        write(&tpg.join("enable"), "1")
+    }
+
+    /// Removes ACLs, LUNs, portals, the TPG and the target.
+    pub fn remove(&self, tpgt: u16) -> Result<()> {
+        let tpg = self.tpg(tpgt);
+        if !tpg.is_dir() {
+            return rmdir(&self.dir);
+        }
+        let _ = write(&tpg.join("enable"), "0");
+        let subdirs = |p: PathBuf| -> Vec<PathBuf> {
+            fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir() && !p.is_symlink())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let unlink_all = |dir: &Path| -> Result<()> {
+            if let Ok(rd) = fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.path().is_symlink() {
+                        fs::remove_file(e.path()).map_err(io_at(&e.path()))?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        for acl in subdirs(tpg.join("acls")) {
+            for l in subdirs(acl.clone()).into_iter().filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("lun_"))
+            }) {
+                unlink_all(&l)?;
+                rmdir(&l)?;
+            }
+            rmdir(&acl)?;
+        }
+        for l in subdirs(tpg.join("lun")) {
+            unlink_all(&l)?;
+            rmdir(&l)?;
+        }
+        for np in subdirs(tpg.join("np")) {
+            rmdir(&np)?;
+        }
+        rmdir(&tpg)?;
+        rmdir(&self.dir)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +579,14 @@ mod tests {
             };
             assert!(c.to_control_string().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn iscsi_names_are_checked() {
+        let t = Target::at("/nonexistent");
+        assert!(t.iscsi("iqn.2003-01.org.linux-iscsi.test:sg").is_ok());
+        assert!(t.iscsi("sg-target").is_err());
+        assert!(t.iscsi("iqn.x/../y").is_err());
     }
 
     #[test]

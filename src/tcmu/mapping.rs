@@ -47,7 +47,7 @@ impl Mapping {
     }
 
     fn map(fd: RawFd, len: usize, flags: libc::c_int) -> io::Result<Self> {
-        if len == 0 || len % 4096 != 0 {
+        if len == 0 || !len.is_multiple_of(4096) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("mapping size {len:#x} is not a positive multiple of the page size"),

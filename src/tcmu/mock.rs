@@ -87,7 +87,7 @@ impl MockKernel {
     /// A ring of `ring_size` bytes (mailbox included) followed by
     /// `data_blocks` 4 KiB data blocks; `flags` are the mailbox capabilities.
     pub fn new(ring_size: usize, data_blocks: u64, flags: u16) -> Self {
-        assert!(ring_size % 4096 == 0 && ring_size > MAILBOX_SIZE + CMD_ENTRY_SIZE);
+        assert!(ring_size.is_multiple_of(4096) && ring_size > MAILBOX_SIZE + CMD_ENTRY_SIZE);
         let len = ring_size + (data_blocks * DATA_BLOCK) as usize;
         let map = Arc::new(Mapping::anonymous(len).expect("anonymous mapping"));
         let cmdr_off = MAILBOX_SIZE;
@@ -369,7 +369,7 @@ impl MockKernel {
         let mut i = 0u64;
         self.free_blocks.retain(|_| {
             i += 1;
-            i % keep_every == 0
+            i.is_multiple_of(keep_every)
         });
     }
 }

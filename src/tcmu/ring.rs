@@ -179,14 +179,14 @@ impl Ring {
         let end = off as u64 + size as u64;
         if (off as usize) < MAILBOX_SIZE
             || size < CMD_ENTRY_SIZE as u32
-            || size as usize % OP_ALIGN != 0
-            || off as usize % OP_ALIGN != 0
+            || !(size as usize).is_multiple_of(OP_ALIGN)
+            || !(off as usize).is_multiple_of(OP_ALIGN)
             || end > map.len() as u64
         {
             return Err(geo);
         }
         let tail = map.load_acquire_u32(MB_CMD_TAIL as u64)? as usize;
-        if tail >= size as usize || tail % OP_ALIGN != 0 {
+        if tail >= size as usize || !tail.is_multiple_of(OP_ALIGN) {
             return Err(RingError::Head(tail as u32));
         }
         Ok(Ring {
@@ -255,7 +255,7 @@ impl Ring {
     /// As `poll`, appending to `out`.
     pub fn poll_into(&mut self, out: &mut Vec<Entry>) -> Result<(), RingError> {
         let head = self.map.load_acquire_u32(MB_CMD_HEAD as u64)?;
-        if head as usize >= self.cmdr_size || head as usize % OP_ALIGN != 0 {
+        if head as usize >= self.cmdr_size || !(head as usize).is_multiple_of(OP_ALIGN) {
             return Err(RingError::Head(head));
         }
         let head = head as usize;

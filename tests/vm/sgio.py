@@ -8,8 +8,9 @@ through a tcmu-sg LUN with what the backing device returns directly.
       prints one JSON object: status, host_status, driver_status, resid,
       sense (hex, the sense's own length), data_sha256
   sgio.py same DEV_A DEV_B CDB_HEX [--in N] [--out FILE] [--status S] [--key K]
-      runs the command on both; exit 0 if status and sense are identical
-      (and, when given, the status is S and the sense key K)
+      runs the command on both; exit 0 if status and sense (and, on GOOD,
+      the data read) are identical and, when given, the status is S and
+      the sense key K
 """
 import ctypes
 import fcntl
@@ -149,6 +150,9 @@ def main():
         print(json.dumps({a: ra, b: rb}))
         keys = ("status", "sense")
         same = all(ra[k] == rb[k] for k in keys) and ra["sense_tail_zero"] and rb["sense_tail_zero"]
+        # Data read with GOOD status must be the same bytes too.
+        if ra["status"] == 0 and "data_sha256" in ra and ra.get("data_sha256") != rb.get("data_sha256"):
+            same = False
         if o["status"] is not None and ra["status"] != int(o["status"], 0):
             same = False
         if o["key"] is not None and sense_key(ra["sense"]) != int(o["key"], 0):

@@ -1,0 +1,64 @@
+//! A small test helper over the configfs crate, for the VM tests: a LIO
+//! ramdisk (with LIO's own SPC-3 persistent reservations) exported through
+//! several tcm_loop targets, i.e. one disk seen over several I_T nexuses.
+//!
+//!   lio ramdisk NAME PAGES WWN...      prints one /dev/sdX per WWN
+//!   lio remove-ramdisk NAME WWN...
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use configfs::Target;
+
+fn initiator_wwn(wwn: &str) -> String {
+    // Same prefix, last digit flipped: a distinct initiator port per target.
+    let mut w = wwn.to_string();
+    let last = w.pop().unwrap_or('0');
+    w.push(if last == 'f' { 'e' } else { 'f' });
+    w
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let t = Target::default();
+    match args {
+        [cmd, name, pages, wwns @ ..] if cmd == "ramdisk" && !wwns.is_empty() => {
+            let pages: u64 = pages.parse().map_err(|_| "PAGES must be a number")?;
+            let rd = t.ramdisk(1, name).map_err(|e| e.to_string())?;
+            rd.create(pages).map_err(|e| e.to_string())?;
+            for wwn in wwns {
+                let l = t.loopback(wwn).map_err(|e| e.to_string())?;
+                l.create(1, &initiator_wwn(wwn))
+                    .map_err(|e| e.to_string())?;
+                let a = l.add_lun(1, 0, rd.path()).map_err(|e| e.to_string())?;
+                let dev = a
+                    .wait_block_device(Path::new("/sys"), Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
+                println!("{}", dev.display());
+            }
+            Ok(())
+        }
+        [cmd, name, wwns @ ..] if cmd == "remove-ramdisk" => {
+            for wwn in wwns {
+                let l = t.loopback(wwn).map_err(|e| e.to_string())?;
+                l.remove(1).map_err(|e| e.to_string())?;
+            }
+            t.ramdisk(1, name)
+                .map_err(|e| e.to_string())?
+                .remove()
+                .map_err(|e| e.to_string())
+        }
+        _ => Err("usage: lio ramdisk NAME PAGES WWN... | lio remove-ramdisk NAME WWN...".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lio: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
