@@ -4,6 +4,8 @@
 //!
 //!   lio ramdisk NAME PAGES WWN...      prints one /dev/sdX per WWN
 //!   lio remove-ramdisk NAME WWN...
+//!   lio pscsi NAME H:C:T:L WWN          LIO pscsi over a SCSI device, via tcm_loop
+//!   lio remove-pscsi NAME WWN
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -48,7 +50,36 @@ fn run(args: &[String]) -> Result<(), String> {
                 .remove()
                 .map_err(|e| e.to_string())
         }
-        _ => Err("usage: lio ramdisk NAME PAGES WWN... | lio remove-ramdisk NAME WWN...".into()),
+        [cmd, name, addr, wwn] if cmd == "pscsi" => {
+            let addr: configfs::ScsiAddr =
+                addr.parse().map_err(|e: configfs::Error| e.to_string())?;
+            let p = t.pscsi(1, name).map_err(|e| e.to_string())?;
+            p.create(&addr).map_err(|e| e.to_string())?;
+            let l = t.loopback(wwn).map_err(|e| e.to_string())?;
+            l.create(1, &initiator_wwn(wwn))
+                .map_err(|e| e.to_string())?;
+            let a = l.add_lun(1, 0, p.path()).map_err(|e| e.to_string())?;
+            let dev = a
+                .wait_block_device(Path::new("/sys"), Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            println!("{}", dev.display());
+            Ok(())
+        }
+        [cmd, name, wwn] if cmd == "remove-pscsi" => {
+            t.loopback(wwn)
+                .map_err(|e| e.to_string())?
+                .remove(1)
+                .map_err(|e| e.to_string())?;
+            t.pscsi(1, name)
+                .map_err(|e| e.to_string())?
+                .remove()
+                .map_err(|e| e.to_string())
+        }
+        _ => Err(
+            "usage: lio ramdisk NAME PAGES WWN... | lio remove-ramdisk NAME WWN... \
+                  | lio pscsi NAME H:C:T:L WWN | lio remove-pscsi NAME WWN"
+                .into(),
+        ),
     }
 }
 

@@ -125,6 +125,15 @@ impl Target {
         })
     }
 
+    /// A pscsi (kernel passthrough) backstore `core/pscsi_<hba>/<name>`.
+    pub fn pscsi(&self, hba: u32, name: &str) -> Result<Pscsi> {
+        let name = component("backstore name", name)?;
+        Ok(Pscsi {
+            hba_dir: self.root.join(format!("core/pscsi_{hba}")),
+            dir: self.root.join(format!("core/pscsi_{hba}/{name}")),
+        })
+    }
+
     /// An iSCSI target `iscsi/<iqn>` (not created yet).
     pub fn iscsi(&self, iqn: &str) -> Result<IscsiTarget> {
         let iqn = component("iqn", iqn)?;
@@ -292,6 +301,39 @@ impl Ramdisk {
     }
 }
 
+/// `core/pscsi_<hba>/<name>`: LIO's in-kernel SCSI passthrough.
+#[derive(Debug, Clone)]
+pub struct Pscsi {
+    hba_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Pscsi {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the backstore over the SCSI device at `addr` and enables it.
+    pub fn create(&self, addr: &ScsiAddr) -> Result<()> {
+        mkdir(&self.hba_dir)?;
+        mkdir(&self.dir)?;
+        write(
+            &self.dir.join("control"),
+            &format!(
+                "scsi_host_id={},scsi_channel_id={},scsi_target_id={},scsi_lun_id={}",
+                addr.host, addr.channel, addr.target, addr.lun
+            ),
+        )?;
+        write(&self.dir.join("enable"), "1")
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        rmdir(&self.dir)?;
+        let _ = rmdir(&self.hba_dir);
+        Ok(())
+    }
+}
+
 /// The SCSI address of a LUN as the initiator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScsiAddr {
@@ -308,6 +350,27 @@ impl std::fmt::Display for ScsiAddr {
             "{}:{}:{}:{}",
             self.host, self.channel, self.target, self.lun
         )
+    }
+}
+
+impl std::str::FromStr for ScsiAddr {
+    type Err = Error;
+    /// Parses `H:C:T:L`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Invalid {
+            what: "H:C:T:L",
+            value: s.into(),
+        };
+        let v: Vec<&str> = s.split(':').collect();
+        if v.len() != 4 {
+            return Err(bad());
+        }
+        Ok(ScsiAddr {
+            host: v[0].parse().map_err(|_| bad())?,
+            channel: v[1].parse().map_err(|_| bad())?,
+            target: v[2].parse().map_err(|_| bad())?,
+            lun: v[3].parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -579,6 +642,15 @@ mod tests {
             };
             assert!(c.to_control_string().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn scsi_addresses_parse() {
+        let a: ScsiAddr = "2:0:1:3".parse().unwrap();
+        assert_eq!((a.host, a.channel, a.target, a.lun), (2, 0, 1, 3));
+        assert_eq!(a.to_string(), "2:0:1:3");
+        assert!("2:0:1".parse::<ScsiAddr>().is_err());
+        assert!("a:0:1:3".parse::<ScsiAddr>().is_err());
     }
 
     #[test]
