@@ -54,7 +54,10 @@ fn run(args: &[String]) -> Result<(), String> {
             let addr: configfs::ScsiAddr =
                 addr.parse().map_err(|e: configfs::Error| e.to_string())?;
             let p = t.pscsi(1, name).map_err(|e| e.to_string())?;
-            p.create(&addr).map_err(|e| e.to_string())?;
+            let node = addr
+                .block_device(Path::new("/sys"))
+                .ok_or_else(|| format!("no block device at {addr}"))?;
+            p.create(&addr, &node).map_err(|e| e.to_string())?;
             let l = t.loopback(wwn).map_err(|e| e.to_string())?;
             l.create(1, &initiator_wwn(wwn))
                 .map_err(|e| e.to_string())?;

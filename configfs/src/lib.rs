@@ -313,10 +313,12 @@ impl Pscsi {
         &self.dir
     }
 
-    /// Creates the backstore over the SCSI device at `addr` and enables it.
-    pub fn create(&self, addr: &ScsiAddr) -> Result<()> {
+    /// Creates the backstore over the SCSI device at `addr` (whose node is
+    /// `udev_path`, which pscsi requires) and enables it.
+    pub fn create(&self, addr: &ScsiAddr, udev_path: &Path) -> Result<()> {
         mkdir(&self.hba_dir)?;
         mkdir(&self.dir)?;
+        write(&self.dir.join("udev_path"), &udev_path.to_string_lossy())?;
         write(
             &self.dir.join("control"),
             &format!(

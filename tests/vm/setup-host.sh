@@ -16,6 +16,12 @@ if ((${#missing[@]})); then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+# qemu-img (for the benchmark's qcow2 image) comes in a second step: a
+# newer qemu-utils preinstalled on the machine conflicts with Debian's
+# qemu-system-x86 and is replaced by the matching one.
+if ! command -v qemu-img >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-utils >/dev/null
+fi
 mkdir -p "$cache"
 if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
     pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6\.1/{print $2; exit}')
