@@ -2,14 +2,16 @@
 //! TCM-USER netlink events, one event-loop thread per device, and a shared
 //! pool of SG_IO workers.
 //!
-//! A command travels: uio event -> the device thread reads the ring ->
-//! a worker runs it with SG_IO -> the worker queues the completion and wakes
-//! the device thread -> the device thread writes the completions, publishes
-//! `cmd_tail` and rings the doorbell once per batch.
+//! A command travels: uio event -> the device thread reads the ring into the
+//! device's queue -> the device thread (for one command) or pool workers
+//! (for the others) run it with SG_IO -> the same thread writes the
+//! completion into the ring, publishes `cmd_tail` and rings the doorbell.
+//! A worker whose queue runs dry reads the ring itself before giving its
+//! token back, so a busy device keeps its workers without thread hops.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +26,6 @@ use crate::scsi::direction::Direction;
 use crate::sg::backing::{self, Backing};
 use crate::sg::io::{sg_io, SgScratch};
 use crate::sys::{self, EventFd};
-use crate::tcmu::mapping::Mapping;
 use crate::tcmu::netlink;
 use crate::tcmu::ring::{CmdRequest, Completion, Entry, Ring};
 use crate::tcmu::uio::{self, UioDev, UioDevice};
@@ -53,49 +54,170 @@ impl Default for Options {
     }
 }
 
-/// State a device shares with the workers.
+/// A device as its threads share it. Any of them may read the ring and
+/// complete into it; the ring and the queue of read commands each have a
+/// lock (taken in that order: queue, then ring).
 struct DevShared {
     label: String,
-    map: Arc<Mapping>,
-    done: Mutex<Vec<Completion>>,
+    uio: UioDevice,
+    ring: Mutex<Ring>,
+    /// Commands read from the ring and not started yet.
+    queue: Mutex<VecDeque<CmdRequest>>,
+    /// Workers holding a token for this device.
+    tokens: AtomicUsize,
+    /// The most workers one device may hold, so a dead or slow backing
+    /// device cannot take every worker from the others.
+    cap: usize,
+    /// Commands started and not completed (workers and the device thread).
+    running: AtomicUsize,
+    /// No new ring entries are read while set (reconfiguration, stop).
+    paused: AtomicBool,
+    backing: Mutex<Result<Arc<Backing>, String>>,
     wake: EventFd,
     stop: AtomicBool,
     reconfig: Mutex<Option<String>>,
 }
 
-struct Job {
-    dev: Arc<DevShared>,
-    backing: Arc<Backing>,
-    cmd: CmdRequest,
+/// Per-thread buffers reused from command to command.
+#[derive(Default)]
+struct ThreadScratch {
+    dma: Scratch,
+    sg: SgScratch,
+    entries: Vec<Entry>,
+    done: Vec<Completion>,
 }
 
-fn worker(rx: Receiver<Job>) {
-    let mut scratch = Scratch::default();
-    let mut sg = SgScratch::default();
-    for job in rx {
-        let total = job.cmd.data_len();
-        let b = &job.backing;
-        let mut ctx = (b.fd(), &*job.dev.map, b.timeout_ms, &mut sg);
-        let (dir, o) = passthrough::execute(
-            &job.cmd,
-            &b.info.params,
-            &mut scratch,
-            &mut ctx,
-            |(fd, map, t, sg), io| sg_io(*fd, map, io, *t, sg),
-        );
-        if !o.is_good() {
-            log::debug!(
-                "{}: cmd {} opcode {:#04x} -> status {:#04x} sense {:02x?}",
-                job.dev.label,
-                job.cmd.cmd_id,
-                job.cmd.cdb[0],
-                o.status,
-                &o.sense[..crate::scsi::sense::sense_len(&o.sense)]
-            );
+impl DevShared {
+    /// Publishes completions already written to the ring: one uio write.
+    fn publish(&self, ring: &mut Ring) {
+        if ring.flush() {
+            if let Err(e) = self.uio.kick() {
+                log::error!("{}: uio write: {e}", self.label);
+            }
         }
-        let c = completion(job.cmd.cmd_id, dir, total, &o);
-        job.dev.done.lock().unwrap().push(c);
-        job.dev.wake.wake();
+    }
+
+    fn complete(&self, cs: &mut Vec<Completion>) {
+        if cs.is_empty() {
+            return;
+        }
+        let mut ring = self.ring.lock().unwrap();
+        for c in cs.drain(..) {
+            if let Err(e) = ring.complete(c) {
+                log::error!("{}: {e}", self.label);
+            }
+        }
+        self.publish(&mut ring);
+    }
+
+    /// Reads new ring entries into the queue (unless paused); entries that
+    /// need no I/O are completed at once. Returns false if the ring is
+    /// unusable.
+    fn read_ring(&self, queue: &mut VecDeque<CmdRequest>, t: &mut ThreadScratch) -> bool {
+        if self.paused.load(Ordering::SeqCst) {
+            return true;
+        }
+        let mut ring = self.ring.lock().unwrap();
+        t.entries.clear();
+        if let Err(e) = ring.poll_into(&mut t.entries) {
+            log::error!(
+                "{}: ring unusable: {e}; stopping this device (needs action/reset_ring)",
+                self.label
+            );
+            return false;
+        }
+        let label = &self.label;
+        for e in t.entries.drain(..) {
+            match e {
+                Entry::Cmd(cmd) => queue.push_back(cmd),
+                Entry::BadCmd { cmd_id, why } => {
+                    log::warn!("{label}: cmd {cmd_id}: {why}");
+                    let o = CmdError::Ring(why).outcome();
+                    t.done.push(completion(cmd_id, Direction::None, 0, &o));
+                }
+                Entry::Tmr { tmr_type, cmd_ids } => log::info!(
+                    "{label}: task management {tmr_type:?} for commands {cmd_ids:?}; \
+                     they complete as the backing device answers"
+                ),
+                Entry::Unknown { cmd_id, op } => {
+                    log::warn!("{label}: entry opcode {op} unknown; completing with UNKNOWN_OP");
+                    let mut c = Completion::good(cmd_id);
+                    c.unknown_op = true;
+                    t.done.push(c);
+                }
+            }
+        }
+        for c in t.done.drain(..) {
+            if let Err(e) = ring.complete(c) {
+                log::error!("{label}: {e}");
+            }
+        }
+        self.publish(&mut ring);
+        true
+    }
+
+    /// The next command to run: from the queue, else freshly read from the
+    /// ring. Counts it as running.
+    fn next(&self, t: &mut ThreadScratch) -> Option<CmdRequest> {
+        let mut q = self.queue.lock().unwrap();
+        if q.is_empty() && !self.read_ring(&mut q, t) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.wake.wake();
+        }
+        let cmd = q.pop_front()?;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Some(cmd)
+    }
+
+    /// Runs one command on the current backing device and completes it.
+    fn run(&self, cmd: CmdRequest, t: &mut ThreadScratch) {
+        let backing = self.backing.lock().unwrap().clone();
+        let c = match backing {
+            Ok(b) => {
+                let total = cmd.data_len();
+                let mut ctx = (b.fd(), &*self.uio.map, b.timeout_ms, &mut t.sg);
+                let (dir, o) = passthrough::execute(
+                    &cmd,
+                    &b.info.params,
+                    &mut t.dma,
+                    &mut ctx,
+                    |(fd, map, tmo, sg), io| sg_io(*fd, map, io, *tmo, sg),
+                );
+                if !o.is_good() {
+                    log::debug!(
+                        "{}: cmd {} opcode {:#04x} -> status {:#04x} sense {:02x?}",
+                        self.label,
+                        cmd.cmd_id,
+                        cmd.cdb[0],
+                        o.status,
+                        &o.sense[..crate::scsi::sense::sense_len(&o.sense)]
+                    );
+                }
+                completion(cmd.cmd_id, dir, total, &o)
+            }
+            Err(why) => {
+                let o = CmdError::NotReady(why).outcome();
+                completion(cmd.cmd_id, Direction::None, 0, &o)
+            }
+        };
+        t.done.push(c);
+        self.complete(&mut t.done);
+        if self.running.fetch_sub(1, Ordering::SeqCst) == 1 && self.paused.load(Ordering::SeqCst) {
+            // The device thread waits for the last command to finish.
+            self.wake.wake();
+        }
+    }
+}
+
+/// A pool worker: takes a device token, runs that device's commands until
+/// there are none, gives the token back.
+fn worker(rx: Receiver<Arc<DevShared>>) {
+    let mut t = ThreadScratch::default();
+    for dev in rx {
+        while let Some(cmd) = dev.next(&mut t) {
+            dev.run(cmd, &mut t);
+        }
+        dev.tokens.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -112,158 +234,94 @@ struct DeviceThread {
     handle: JoinHandle<()>,
 }
 
-/// How a device thread hands commands to the shared worker pool.
-struct Dispatch {
-    jobs: Sender<Job>,
-    /// Commands read from the ring and not yet handed to a worker.
-    queue: VecDeque<CmdRequest>,
-    /// Commands handed to workers and not yet back.
-    in_workers: usize,
-    /// The most commands of this device the workers hold at once, so a dead
-    /// or slow backing device cannot take every worker from the others.
-    cap: usize,
-}
-
-impl Dispatch {
-    fn pump(&mut self, shared: &Arc<DevShared>, backing: &Arc<Backing>) -> Result<(), ()> {
-        while self.in_workers < self.cap {
-            let Some(cmd) = self.queue.pop_front() else {
-                break;
-            };
-            let job = Job {
-                dev: shared.clone(),
-                backing: backing.clone(),
-                cmd,
-            };
-            self.jobs.send(job).map_err(|_| ())?;
-            self.in_workers += 1;
-        }
-        Ok(())
-    }
-}
-
-fn run_device(
-    shared: Arc<DevShared>,
-    uiodev: UioDevice,
-    mut ring: Ring,
-    mut backing: Result<Arc<Backing>, String>,
-    mut dispatch: Dispatch,
-) {
-    let label = shared.label.clone();
-    let mut entries = Vec::new();
+/// The device thread: waits for uio events, reads the ring, hands all but
+/// one of the new commands to pool workers and runs the last itself (so a
+/// lone command costs no thread hop). It also carries out reconfiguration
+/// and stop, each once no command is running.
+fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
+    let label = dev.label.clone();
+    let mut t = ThreadScratch::default();
     let mut stop_deadline: Option<Instant> = None;
     let mut revents = [0i16; 2];
     loop {
-        let stopping = shared.stop.load(Ordering::SeqCst);
-        if stopping && stop_deadline.is_none() {
+        if dev.stop.load(Ordering::SeqCst) && stop_deadline.is_none() {
             // Every command read must be completed before we go: with
             // out-of-order completion its slot may already hold another
             // command's response, so the next daemon could not re-read it.
-            let grace = backing.as_ref().map_or(0, |b| b.timeout_ms / 1000) as u64 + 10;
-            stop_deadline = Some(Instant::now() + Duration::from_secs(grace));
+            dev.paused.store(true, Ordering::SeqCst);
+            let tmo = dev.backing.lock().unwrap().as_ref().map_or(0, |b| b.timeout_ms);
+            stop_deadline = Some(Instant::now() + Duration::from_secs(tmo as u64 / 1000 + 10));
         }
         if let Some(d) = stop_deadline {
-            if ring.outstanding() == 0 || Instant::now() > d {
-                if ring.outstanding() > 0 {
+            let left = dev.ring.lock().unwrap().outstanding();
+            if left == 0 || Instant::now() > d {
+                if left > 0 {
                     log::warn!(
-                        "{label}: stopping with {} commands unfinished; the kernel times them out",
-                        ring.outstanding()
+                        "{label}: stopping with {left} commands unfinished; the kernel times them out"
                     );
                 }
                 break;
             }
         }
-        if let Err(e) = sys::poll_in(&[uiodev.fd(), shared.wake.fd()], 1000, &mut revents) {
+        // A reconfiguration waits until no command runs.
+        if dev.reconfig.lock().unwrap().is_some() {
+            dev.paused.store(true, Ordering::SeqCst);
+            if dev.running.load(Ordering::SeqCst) == 0 {
+                let cfg = dev.reconfig.lock().unwrap().take().unwrap();
+                let mut b = dev.backing.lock().unwrap();
+                *b = Err("reconfiguring".into()); // close the old device first
+                *b = open_backing(&cfg);
+                match &*b {
+                    Ok(nb) => log::info!("{label}: reconfigured: {}", nb.info.describe()),
+                    Err(e) => log::error!(
+                        "{label}: reconfigured with a bad config ({e}); answering NOT READY"
+                    ),
+                }
+                drop(b);
+                if stop_deadline.is_none() {
+                    dev.paused.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        if let Err(e) = sys::poll_in(&[dev.uio.fd(), dev.wake.fd()], 1000, &mut revents) {
             log::error!("{label}: poll: {e}");
             break;
         }
         if revents[0] != 0 {
-            if let Err(e) = sys::read_u32(uiodev.fd()) {
+            if let Err(e) = sys::read_u32(dev.uio.fd()) {
                 log::info!("{label}: uio device went away ({e})");
                 break;
             }
         }
         if revents[1] != 0 {
-            shared.wake.drain();
+            dev.wake.drain();
         }
-        let mut batch = std::mem::take(&mut *shared.done.lock().unwrap());
-        dispatch.in_workers -= batch.len();
-        // A reconfiguration waits until the commands in flight are done.
-        let pending = shared.reconfig.lock().unwrap().is_some();
-        if pending && ring.outstanding() == batch.len() {
-            let cfg = shared.reconfig.lock().unwrap().take().unwrap();
-            drop(backing);
-            backing = open_backing(&cfg);
-            match &backing {
-                Ok(b) => log::info!("{label}: reconfigured: {}", b.info.describe()),
-                Err(e) => log::error!(
-                    "{label}: reconfigured with a bad config ({e}); answering NOT READY"
-                ),
-            }
-        }
-        if !stopping && !pending {
-            entries.clear();
-            if let Err(e) = ring.poll_into(&mut entries) {
-                log::error!(
-                    "{label}: ring unusable: {e}; stopping this device (needs action/reset_ring)"
-                );
+        let queued = {
+            let mut q = dev.queue.lock().unwrap();
+            if !dev.read_ring(&mut q, &mut t) {
                 break;
             }
-            for e in entries.drain(..) {
-                match e {
-                    Entry::Cmd(cmd) => match &backing {
-                        Ok(_) => dispatch.queue.push_back(cmd),
-                        Err(why) => {
-                            let o = CmdError::NotReady(why.clone()).outcome();
-                            batch.push(completion(cmd.cmd_id, Direction::None, 0, &o));
-                        }
-                    },
-                    Entry::BadCmd { cmd_id, why } => {
-                        log::warn!("{label}: cmd {cmd_id}: {why}");
-                        let o = CmdError::Ring(why).outcome();
-                        batch.push(completion(cmd_id, Direction::None, 0, &o));
-                    }
-                    Entry::Tmr { tmr_type, cmd_ids } => {
-                        log::info!(
-                            "{label}: task management {tmr_type:?} for commands {cmd_ids:?}; \
-                             they complete as the backing device answers"
-                        );
-                    }
-                    Entry::Unknown { cmd_id, op } => {
-                        log::warn!(
-                            "{label}: entry opcode {op} unknown; completing with UNKNOWN_OP"
-                        );
-                        let mut c = Completion::good(cmd_id);
-                        c.unknown_op = true;
-                        batch.push(c);
-                    }
-                }
-            }
-        }
-        if let Ok(b) = &backing {
-            if dispatch.pump(&shared, b).is_err() {
+            q.len()
+        };
+        // Workers for all but one; this thread runs the rest.
+        let mut want = queued.saturating_sub(1);
+        while want > 0 && dev.tokens.load(Ordering::SeqCst) < dev.cap {
+            dev.tokens.fetch_add(1, Ordering::SeqCst);
+            if jobs.send(dev.clone()).is_err() {
                 log::error!("{label}: worker pool gone");
-                break;
+                return;
             }
+            want -= 1;
         }
-        for c in batch {
-            if let Err(e) = ring.complete(c) {
-                log::error!("{label}: {e}");
-            }
-        }
-        if ring.flush() {
-            if let Err(e) = uiodev.kick() {
-                log::error!("{label}: uio write: {e}");
+        if queued > 0 {
+            while let Some(cmd) = dev.next(&mut t) {
+                dev.run(cmd, &mut t);
             }
         }
     }
     // Let the kernel see whatever completed.
-    for c in std::mem::take(&mut *shared.done.lock().unwrap()) {
-        let _ = ring.complete(c);
-    }
-    if ring.flush() {
-        let _ = uiodev.kick();
-    }
+    let mut ring = dev.ring.lock().unwrap();
+    dev.publish(&mut ring);
 }
 
 /// How long a device that failed to start waits before the next try.
@@ -271,7 +329,7 @@ const RETRY: Duration = Duration::from_secs(2);
 
 pub struct Daemon {
     opts: Options,
-    jobs: Sender<Job>,
+    jobs: Sender<Arc<DevShared>>,
     workers: Vec<JoinHandle<()>>,
     devices: HashMap<String, DeviceThread>,
     /// Devices that could not be started, by uio, with the name they had.
@@ -283,7 +341,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(opts: Options) -> Daemon {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Arc<DevShared>>();
         let workers = (0..opts.workers)
             .map(|i| {
                 let rx = rx.clone();
@@ -337,22 +395,23 @@ impl Daemon {
         }
         let shared = Arc::new(DevShared {
             label: label.clone(),
-            map: uiodev.map.clone(),
-            done: Mutex::new(Vec::new()),
+            uio: uiodev,
+            ring: Mutex::new(ring),
+            queue: Mutex::new(VecDeque::new()),
+            tokens: AtomicUsize::new(0),
+            cap: (self.opts.workers / 2).max(1),
+            running: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            backing: Mutex::new(backing),
             wake: EventFd::new().expect("eventfd"),
             stop: AtomicBool::new(false),
             reconfig: Mutex::new(None),
         });
-        let dispatch = Dispatch {
-            jobs: self.jobs.clone(),
-            queue: VecDeque::new(),
-            in_workers: 0,
-            cap: (self.opts.workers / 2).max(1),
-        };
+        let jobs = self.jobs.clone();
         let s2 = shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("dev-{}", d.uio))
-            .spawn(move || run_device(s2, uiodev, ring, backing, dispatch))
+            .spawn(move || run_device(s2, jobs))
             .expect("spawn device thread");
         self.failed.remove(&d.uio);
         self.devices.insert(
@@ -367,6 +426,7 @@ impl Daemon {
 
     fn stop_device(&mut self, uio: &str) {
         if let Some(t) = self.devices.remove(uio) {
+            t.shared.paused.store(true, Ordering::SeqCst);
             t.shared.stop.store(true, Ordering::SeqCst);
             t.shared.wake.wake();
             let _ = t.handle.join();
@@ -397,6 +457,7 @@ impl Daemon {
                     } else {
                         log::info!("{}: new config '{}'", t.shared.label, d.name.cfg);
                         *t.shared.reconfig.lock().unwrap() = Some(d.name.cfg.clone());
+                        t.shared.paused.store(true, Ordering::SeqCst);
                         t.name = d.name.clone();
                         t.shared.wake.wake();
                     }
@@ -490,6 +551,7 @@ impl Daemon {
         let uios: Vec<String> = self.devices.keys().cloned().collect();
         for u in &uios {
             if let Some(t) = self.devices.get(u) {
+                t.shared.paused.store(true, Ordering::SeqCst);
                 t.shared.stop.store(true, Ordering::SeqCst);
                 t.shared.wake.wake();
             }
