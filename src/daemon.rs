@@ -39,6 +39,10 @@ pub struct Options {
     pub rescan: Duration,
     /// Serve targetcli on the D-Bus system bus.
     pub dbus: bool,
+    /// After serving commands, a device thread keeps checking the ring for
+    /// this long before it sleeps in poll(): trades CPU for the wake-up
+    /// latency of the next command. 0 disables it.
+    pub poll_spin: Duration,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             workers: (cpus * 8).clamp(16, 128),
             rescan: Duration::from_secs(5),
             dbus: true,
+            poll_spin: Duration::ZERO,
         }
     }
 }
@@ -72,6 +77,7 @@ struct DevShared {
     running: AtomicUsize,
     /// No new ring entries are read while set (reconfiguration, stop).
     paused: AtomicBool,
+    poll_spin: Duration,
     backing: Mutex<Result<Arc<Backing>, String>>,
     wake: EventFd,
     stop: AtomicBool,
@@ -242,6 +248,7 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
     let label = dev.label.clone();
     let mut t = ThreadScratch::default();
     let mut stop_deadline: Option<Instant> = None;
+    let mut spin_until: Option<Instant> = None;
     let mut revents = [0i16; 2];
     loop {
         if dev.stop.load(Ordering::SeqCst) && stop_deadline.is_none() {
@@ -249,7 +256,12 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
             // out-of-order completion its slot may already hold another
             // command's response, so the next daemon could not re-read it.
             dev.paused.store(true, Ordering::SeqCst);
-            let tmo = dev.backing.lock().unwrap().as_ref().map_or(0, |b| b.timeout_ms);
+            let tmo = dev
+                .backing
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or(0, |b| b.timeout_ms);
             stop_deadline = Some(Instant::now() + Duration::from_secs(tmo as u64 / 1000 + 10));
         }
         if let Some(d) = stop_deadline {
@@ -283,7 +295,14 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
                 }
             }
         }
-        if let Err(e) = sys::poll_in(&[dev.uio.fd(), dev.wake.fd()], 1000, &mut revents) {
+        if spin_until.is_some_and(|u| Instant::now() < u) {
+            // Busy after recent work: check the ring without sleeping.
+            if !dev.ring.lock().unwrap().has_new() {
+                std::hint::spin_loop();
+                continue;
+            }
+            revents = [0; 2];
+        } else if let Err(e) = sys::poll_in(&[dev.uio.fd(), dev.wake.fd()], 1000, &mut revents) {
             log::error!("{label}: poll: {e}");
             break;
         }
@@ -316,6 +335,9 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
         if queued > 0 {
             while let Some(cmd) = dev.next(&mut t) {
                 dev.run(cmd, &mut t);
+            }
+            if !dev.poll_spin.is_zero() && !dev.paused.load(Ordering::SeqCst) {
+                spin_until = Some(Instant::now() + dev.poll_spin);
             }
         }
     }
@@ -402,6 +424,7 @@ impl Daemon {
             cap: (self.opts.workers / 2).max(1),
             running: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
+            poll_spin: self.opts.poll_spin,
             backing: Mutex::new(backing),
             wake: EventFd::new().expect("eventfd"),
             stop: AtomicBool::new(false),

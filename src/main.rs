@@ -30,6 +30,10 @@ enum Cmd {
         /// Do not serve targetcli on the D-Bus system bus.
         #[arg(long)]
         no_dbus: bool,
+        /// After serving commands, keep checking each ring this many
+        /// microseconds before sleeping (lower latency, more CPU). 0: off.
+        #[arg(long, default_value_t = 0)]
+        poll_us: u64,
     },
     /// Check a config string (sg/<device>[;max_xfer_kb=N][;timeout_s=N]).
     CheckConfig { cfgstring: String },
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
             syslog,
             workers,
             no_dbus,
+            poll_us,
         } => {
             if let Err(e) = init_logging(log_level, syslog) {
                 eprintln!("tcmu-sg: {e}");
@@ -249,6 +254,7 @@ fn main() -> ExitCode {
             }
             let mut opts = tcmu_sg::daemon::Options {
                 dbus: !no_dbus,
+                poll_spin: std::time::Duration::from_micros(poll_us.min(1_000_000)),
                 ..Default::default()
             };
             if let Some(w) = workers {

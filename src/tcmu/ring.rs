@@ -243,6 +243,14 @@ impl Ring {
         }
     }
 
+    /// Whether the kernel has published entries not read yet (one Acquire
+    /// load; for polling loops).
+    pub fn has_new(&self) -> bool {
+        self.map
+            .load_acquire_u32(MB_CMD_HEAD as u64)
+            .is_ok_and(|h| h as usize != self.cursor)
+    }
+
     /// Reads every entry the kernel published since the last call. The walk
     /// is bounded: it stops at `cmd_head` and each step must advance by a
     /// positive, aligned length that does not pass the head.
