@@ -21,6 +21,20 @@ fn initiator_wwn(wwn: &str) -> String {
     w
 }
 
+/// Exports `backstore` as LUN 0 of tcm_loop target `wwn`; prints the
+/// initiator's block device.
+fn export_loop(t: &Target, wwn: &str, backstore: &Path) -> Result<(), String> {
+    let l = t.loopback(wwn).map_err(|e| e.to_string())?;
+    l.create(1, &initiator_wwn(wwn))
+        .map_err(|e| e.to_string())?;
+    let a = l.add_lun(1, 0, backstore).map_err(|e| e.to_string())?;
+    let dev = a
+        .wait_block_device(Path::new("/sys"), Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    println!("{}", dev.display());
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     let t = Target::default();
     match args {
@@ -29,14 +43,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let rd = t.ramdisk(1, name).map_err(|e| e.to_string())?;
             rd.create(pages).map_err(|e| e.to_string())?;
             for wwn in wwns {
-                let l = t.loopback(wwn).map_err(|e| e.to_string())?;
-                l.create(1, &initiator_wwn(wwn))
-                    .map_err(|e| e.to_string())?;
-                let a = l.add_lun(1, 0, rd.path()).map_err(|e| e.to_string())?;
-                let dev = a
-                    .wait_block_device(Path::new("/sys"), Duration::from_secs(30))
-                    .map_err(|e| e.to_string())?;
-                println!("{}", dev.display());
+                export_loop(&t, wwn, rd.path())?;
             }
             Ok(())
         }
@@ -58,15 +65,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 .block_device(Path::new("/sys"))
                 .ok_or_else(|| format!("no block device at {addr}"))?;
             p.create(&addr, &node).map_err(|e| e.to_string())?;
-            let l = t.loopback(wwn).map_err(|e| e.to_string())?;
-            l.create(1, &initiator_wwn(wwn))
-                .map_err(|e| e.to_string())?;
-            let a = l.add_lun(1, 0, p.path()).map_err(|e| e.to_string())?;
-            let dev = a
-                .wait_block_device(Path::new("/sys"), Duration::from_secs(30))
-                .map_err(|e| e.to_string())?;
-            println!("{}", dev.display());
-            Ok(())
+            export_loop(&t, wwn, p.path())
         }
         [cmd, name, wwn] if cmd == "remove-pscsi" => {
             t.loopback(wwn)

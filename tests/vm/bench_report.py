@@ -65,6 +65,8 @@ def main():
         "the same geometry; **qcow** = tcmu-runner's user:qcow over a preallocated "
         "qcow2 image on tmpfs. scsi_debug runs with delay=0. fio: libaio, direct=1.",
         "",
+        "Latency columns: mean total latency / 99th percentile completion latency (fio lat / clat), us.",
+        "",
         "| job | sg IOPS | sg MB/s | sg lat mean/p99 us | pscsi IOPS | pscsi lat mean/p99 us "
         "| qcow IOPS | sg / pscsi | sg / qcow | tcmu-sg CPU s / 100k I/O | tcmu-runner CPU s / 100k I/O |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

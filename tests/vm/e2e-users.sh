@@ -13,28 +13,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 SGIO="python3 $HERE/sgio.py"
 LOG=/vm-out/tcmu-sg-users.log
-pass=0
-fail=0
-ok() { echo "PASS: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
-check() {
-    local name=$1; shift
-    if "$@"; then ok "$name"; else bad "$name"; fi
-}
-finish() {
-    cp /var/log/tcmu-runner.log /vm-out/ 2>/dev/null
-    echo "--- daemon log (tail) ---"
-    tail -n 40 "$LOG" 2>/dev/null
-    echo "e2e-users: $pass passed, $fail failed"
-    echo "$pass passed, $fail failed"
-    [ "$fail" -eq 0 ]
-    exit $?
-}
-wait_for() { # SECONDS COMMAND...: until the command succeeds
-    local t=$1; shift
-    for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    return 1
-}
+SUITE=e2e-users
+save_runner_log() { cp /var/log/tcmu-runner.log /vm-out/ 2>/dev/null; }
+FINISH_HOOK=save_runner_log
+. "$HERE/lib.sh"
 dev_of_tpg() { # the initiator block device of a tcm_loop target's LUN 0
     local a; a=$(cat "/sys/kernel/config/target/loopback/$1/tpgt_1/address")
     wait_for 30 ls "/sys/class/scsi_device/$a:0/device/block/" || return 1

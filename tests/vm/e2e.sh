@@ -9,25 +9,8 @@ BIN=${1:?usage: e2e.sh TCMU_SG_BINARY}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SGIO="python3 $HERE/sgio.py"
 LOG=/vm-out/tcmu-sg.log
-pass=0
-fail=0
-
-ok() { echo "PASS: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
-# check NAME COMMAND...: the command's exit status decides.
-check() {
-    local name=$1; shift
-    if "$@"; then ok "$name"; else bad "$name"; fi
-}
-
-finish() {
-    echo "--- daemon log (tail) ---"
-    tail -n 30 "$LOG" 2>/dev/null
-    echo "e2e: $pass passed, $fail failed"
-    echo "$pass passed, $fail failed"
-    [ "$fail" -eq 0 ]
-    exit $?
-}
+SUITE=e2e
+. "$HERE/lib.sh"
 
 # --- set-up ---------------------------------------------------------------
 for m in sd_mod sg target_core_user tcm_loop; do modprobe "$m" || { bad "modprobe $m"; finish; }; done
@@ -163,7 +146,7 @@ check "split read over a medium error: status and sense identical" \
 echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
 
 # --- reconfiguration ---------------------------------------------------------
-wait_log() { for _ in $(seq 100); do grep -q "$1" "$LOG" && return 0; sleep 0.1; done; return 1; }
+wait_log() { wait_for 10 grep -q "$1" "$LOG"; }
 "$BIN" set-config --name d1 "sg/$BACK;max_xfer_kb=32"
 check "RECONFIG: the daemon reopened with max_xfer_kb=32" wait_log "reconfigured: .*max transfer 32 KiB"
 trace_on

@@ -1,0 +1,27 @@
+# Shared by the VM test scripts: pass/fail accounting and the closing line.
+# The caller sets LOG (the daemon's log) and SUITE (a name).
+pass=0
+fail=0
+ok() { echo "PASS: $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+# check NAME COMMAND...: the command's exit status decides.
+check() {
+    local name=$1; shift
+    if "$@"; then ok "$name"; else bad "$name"; fi
+}
+# Prints the tail of the daemon log and the counts; exits 1 on any failure.
+finish() {
+    [ -n "${FINISH_HOOK:-}" ] && $FINISH_HOOK
+    echo "--- daemon log (tail) ---"
+    tail -n 40 "$LOG" 2>/dev/null
+    echo "$SUITE: $pass passed, $fail failed"
+    echo "$pass passed, $fail failed"
+    [ "$fail" -eq 0 ]
+    exit $?
+}
+# wait_for SECONDS COMMAND...: until the command succeeds.
+wait_for() {
+    local t=$1; shift
+    for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    return 1
+}
