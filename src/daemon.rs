@@ -68,6 +68,8 @@ struct DevShared {
     ring: Mutex<Ring>,
     /// Commands read from the ring and not started yet.
     queue: Mutex<VecDeque<CmdRequest>>,
+    /// Spent requests whose buffers the next ring read reuses.
+    spare: Mutex<Vec<CmdRequest>>,
     /// Workers holding a token for this device.
     tokens: AtomicUsize,
     /// The most workers one device may hold, so a dead or slow backing
@@ -83,6 +85,9 @@ struct DevShared {
     stop: AtomicBool,
     reconfig: Mutex<Option<String>>,
 }
+
+/// Spent requests kept per device for reuse (enough for a full queue).
+const MAX_SPARE: usize = 256;
 
 /// Per-thread buffers reused from command to command.
 #[derive(Default)]
@@ -125,7 +130,8 @@ impl DevShared {
         }
         let mut ring = self.ring.lock().unwrap();
         t.entries.clear();
-        if let Err(e) = ring.poll_into(&mut t.entries) {
+        let polled = ring.poll_recycling(&mut t.entries, &mut self.spare.lock().unwrap());
+        if let Err(e) = polled {
             log::error!(
                 "{}: ring unusable: {e}; stopping this device (needs action/reset_ring)",
                 self.label
@@ -208,6 +214,11 @@ impl DevShared {
         };
         t.done.push(c);
         self.complete(&mut t.done);
+        let mut spare = self.spare.lock().unwrap();
+        if spare.len() < MAX_SPARE {
+            spare.push(cmd);
+        }
+        drop(spare);
         if self.running.fetch_sub(1, Ordering::SeqCst) == 1 && self.paused.load(Ordering::SeqCst) {
             // The device thread waits for the last command to finish.
             self.wake.wake();
@@ -420,6 +431,7 @@ impl Daemon {
             uio: uiodev,
             ring: Mutex::new(ring),
             queue: Mutex::new(VecDeque::new()),
+            spare: Mutex::new(Vec::new()),
             tokens: AtomicUsize::new(0),
             cap: (self.opts.workers / 2).max(1),
             running: AtomicUsize::new(0),

@@ -56,8 +56,10 @@ pub struct DataIov {
     pub len: u64,
 }
 
-/// A command copied out of the ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A command copied out of the ring. Its buffers are reused: give spent
+/// requests back to `Ring::poll_recycling` so the steady state allocates
+/// nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CmdRequest {
     pub cmd_id: u16,
     pub cdb: Vec<u8>,
@@ -262,6 +264,16 @@ impl Ring {
 
     /// As `poll`, appending to `out`.
     pub fn poll_into(&mut self, out: &mut Vec<Entry>) -> Result<(), RingError> {
+        self.poll_recycling(out, &mut Vec::new())
+    }
+
+    /// As `poll_into`, filling commands from `spare` (spent requests whose
+    /// buffers are reused) before allocating new ones.
+    pub fn poll_recycling(
+        &mut self,
+        out: &mut Vec<Entry>,
+        spare: &mut Vec<CmdRequest>,
+    ) -> Result<(), RingError> {
         let head = self.map.load_acquire_u32(MB_CMD_HEAD as u64)?;
         if head as usize >= self.cmdr_size || !(head as usize).is_multiple_of(OP_ALIGN) {
             return Err(RingError::Head(head));
@@ -291,7 +303,7 @@ impl Ring {
                 OP_TMR => (SlotKind::Skip, Some(self.read_tmr(abs, len)?)),
                 OP_CMD => (
                     SlotKind::Cmd(cmd_id),
-                    Some(self.read_cmd(abs, len, cmd_id)?),
+                    Some(self.read_cmd(abs, len, cmd_id, spare)?),
                 ),
                 _ => (SlotKind::Cmd(cmd_id), Some(Entry::Unknown { cmd_id, op })),
             };
@@ -326,11 +338,23 @@ impl Ring {
         Ok(Entry::Tmr { tmr_type, cmd_ids })
     }
 
-    fn read_cmd(&self, abs: u64, len: usize, cmd_id: u16) -> Result<Entry, RingError> {
-        match self.parse_cmd(abs, len, cmd_id) {
-            Ok(c) => Ok(Entry::Cmd(c)),
-            Err(Ok(why)) => Ok(Entry::BadCmd { cmd_id, why }),
-            Err(Err(e)) => Err(e),
+    fn read_cmd(
+        &self,
+        abs: u64,
+        len: usize,
+        cmd_id: u16,
+        spare: &mut Vec<CmdRequest>,
+    ) -> Result<Entry, RingError> {
+        let mut c = spare.pop().unwrap_or_default();
+        match self.parse_cmd(abs, len, cmd_id, &mut c) {
+            Ok(()) => Ok(Entry::Cmd(c)),
+            Err(r) => {
+                spare.push(c);
+                match r {
+                    Ok(why) => Ok(Entry::BadCmd { cmd_id, why }),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 
@@ -340,7 +364,8 @@ impl Ring {
         abs: u64,
         len: usize,
         cmd_id: u16,
-    ) -> Result<CmdRequest, Result<BadCommand, RingError>> {
+        c: &mut CmdRequest,
+    ) -> Result<(), Result<BadCommand, RingError>> {
         let m = &self.map;
         let rd32 = |o: usize| m.read_u32(abs + o as u64).map_err(|e| Err(e.into()));
         let iov_cnt = rd32(REQ_IOV_CNT)?;
@@ -363,10 +388,12 @@ impl Ring {
         let room = (entry_end - cdb_off) as usize;
         let opcode = m.read_u8(cdb_off).map_err(|e| Err(e.into()))?;
         let cdb_len = cdb_length(m, cdb_off, room).ok_or(Ok(BadCommand::CdbLen(opcode)))?;
-        let mut cdb = vec![0u8; cdb_len];
-        m.read_bytes(cdb_off, &mut cdb).map_err(|e| Err(e.into()))?;
-        let mut iovs = Vec::with_capacity(iov_cnt as usize);
-        let mut bidi_iovs = Vec::with_capacity(bidi as usize);
+        c.cdb.clear();
+        c.cdb.resize(cdb_len, 0);
+        m.read_bytes(cdb_off, &mut c.cdb)
+            .map_err(|e| Err(e.into()))?;
+        c.iovs.clear();
+        c.bidi_iovs.clear();
         for i in 0..total as usize {
             let at = abs + (REQ_IOV + i * IOVEC_SIZE) as u64;
             let base = m.read_u64(at).map_err(|e| Err(e.into()))?;
@@ -384,18 +411,14 @@ impl Ring {
                 len: ilen,
             };
             if i < iov_cnt as usize {
-                iovs.push(v);
+                c.iovs.push(v);
             } else {
-                bidi_iovs.push(v);
+                c.bidi_iovs.push(v);
             }
         }
-        Ok(CmdRequest {
-            cmd_id,
-            cdb,
-            iovs,
-            bidi_iovs,
-            dif_cnt,
-        })
+        c.cmd_id = cmd_id;
+        c.dif_cnt = dif_cnt;
+        Ok(())
     }
 
     /// Queues a completion. With out-of-order completion it goes into the
