@@ -105,6 +105,17 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
+    // Nothing half-made is left behind: a later failure undoes the export.
+    finish_export(t, spec, &b).inspect_err(|_| {
+        let _ = unexport(t, &spec.name, spec.hba);
+    })
+}
+
+fn finish_export(
+    t: &Target,
+    spec: &ExportSpec,
+    b: &configfs::UserBackstore,
+) -> Result<Exported, String> {
     for (k, v) in &spec.attribs {
         b.set_attrib(k, v)
             .map_err(|e| format!("attribute {k}={v}: {e}"))?;

@@ -190,6 +190,9 @@ check "  and the device serves again once the backing device is back" grep -q '"
 
 # --- many devices in one daemon ---------------------------------------------
 others=$(lsscsi | awk '/scsi_debug/{print $NF}' | grep -v "^$BACK\$" | head -3)
+first_other=$(echo $others | awk '{print $1}')
+check "export with a bad attribute fails" bash -c "! $BIN export --name rb --attrib no_such_attribute=1 $first_other"
+check "  and leaves no backstore behind" [ ! -e /sys/kernel/config/target/core/user_1/rb ]
 n=0; luns=()
 for b in $others; do
     n=$((n + 1))
