@@ -128,8 +128,17 @@ trace_on
 dd if=/tmp/pattern of="$LUN" bs=4M count=1 seek=16 oflag=direct 2>/dev/null
 trace_off
 echo "4 MiB write: the backing device saw $(writes | wc -l) WRITE(10) commands: $(writes | awk '{print $2}' | sort | uniq -c | tr -s ' ')"
-check "a 4 MiB write became 64 chunks of 64 KiB covering it exactly" \
-    diff <(writes | sort -n) <(expect_chunks 131072 64)
+# The initiator's request boundaries depend on how its buffer's pages merge
+# into segments, so chunks need not start on 64 KiB boundaries: check that
+# none exceeds 64 KiB and that together they cover the 4 MiB exactly once.
+covers() { # FIRST BLOCKS MAXLEN < "lba len" lines
+    sort -n | awk -v f="$1" -v n="$2" -v m="$3" '
+        { if ($2 > m || $1 != f + done) bad = 1; done += $2 }
+        END { exit (bad || done != n) }'
+}
+four_mib_covered() { writes | covers 131072 8192 128; }
+check "a 4 MiB write became chunks of at most 64 KiB covering it exactly once" four_mib_covered
+check "  at least 64 of them" [ "$(writes | wc -l)" -ge 64 ]
 check "the 4 MiB landed intact on the backing device" \
     cmp <(dd if="$BACK" bs=1M skip=64 count=4 iflag=direct 2>/dev/null) /tmp/pattern
 check "and read back through the LUN (split reads) intact" \
