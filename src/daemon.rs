@@ -108,16 +108,21 @@ impl DevShared {
         }
     }
 
-    fn complete(&self, cs: &mut Vec<Completion>) {
-        if cs.is_empty() {
-            return;
-        }
-        let mut ring = self.ring.lock().unwrap();
+    /// Writes completions into the ring (not yet published).
+    fn write_completions(&self, ring: &mut Ring, cs: &mut Vec<Completion>) {
         for c in cs.drain(..) {
             if let Err(e) = ring.complete(c) {
                 log::error!("{}: {e}", self.label);
             }
         }
+    }
+
+    fn complete(&self, cs: &mut Vec<Completion>) {
+        if cs.is_empty() {
+            return;
+        }
+        let mut ring = self.ring.lock().unwrap();
+        self.write_completions(&mut ring, cs);
         self.publish(&mut ring);
     }
 
@@ -159,11 +164,7 @@ impl DevShared {
                 }
             }
         }
-        for c in t.done.drain(..) {
-            if let Err(e) = ring.complete(c) {
-                log::error!("{label}: {e}");
-            }
-        }
+        self.write_completions(&mut ring, &mut t.done);
         self.publish(&mut ring);
         true
     }

@@ -258,17 +258,12 @@ impl Ring {
     /// positive, aligned length that does not pass the head.
     pub fn poll(&mut self) -> Result<Vec<Entry>, RingError> {
         let mut out = Vec::new();
-        self.poll_into(&mut out)?;
+        self.poll_recycling(&mut out, &mut Vec::new())?;
         Ok(out)
     }
 
-    /// As `poll`, appending to `out`.
-    pub fn poll_into(&mut self, out: &mut Vec<Entry>) -> Result<(), RingError> {
-        self.poll_recycling(out, &mut Vec::new())
-    }
-
-    /// As `poll_into`, filling commands from `spare` (spent requests whose
-    /// buffers are reused) before allocating new ones.
+    /// As `poll`, appending to `out` and filling commands from `spare`
+    /// (spent requests whose buffers are reused) before allocating new ones.
     pub fn poll_recycling(
         &mut self,
         out: &mut Vec<Entry>,

@@ -17,6 +17,10 @@ SUITE=e2e-users
 save_runner_log() { cp /var/log/tcmu-runner.log /vm-out/ 2>/dev/null; }
 FINISH_HOOK=save_runner_log
 . "$HERE/lib.sh"
+managed_objects() { # what targetcli sees of org.kernel.TCMUService1
+    dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1 \
+        org.freedesktop.DBus.ObjectManager.GetManagedObjects 2>&1
+}
 dev_of_tpg() { # the initiator block device of a tcm_loop target's LUN 0
     local a; a=$(cat "/sys/kernel/config/target/loopback/$1/tpgt_1/address")
     wait_for 30 ls "/sys/class/scsi_device/$a:0/device/block/" || return 1
@@ -43,8 +47,7 @@ DAEMON=$!
 check "tcmu-sg owns org.kernel.TCMUService1" wait_for 10 grep -q "D-Bus: serving targetcli as Service" "$LOG"
 
 # --- D-Bus ----------------------------------------------------------------
-objs=$(dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1 \
-    org.freedesktop.DBus.ObjectManager.GetManagedObjects 2>&1)
+objs=$(managed_objects)
 check "GetManagedObjects lists /org/kernel/TCMUService1/sg with ConfigDesc" \
     bash -c "grep -q 'object path \"/org/kernel/TCMUService1/sg\"' <<< '$objs' && grep -q ConfigDesc <<< '$objs'"
 cc=$(dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1/sg \
@@ -210,8 +213,7 @@ check "tcmu-runner owns org.kernel.TCMUService1" wait_for 15 bash -c \
 "$BIN" run --log-level debug >> "$LOG" 2>&1 &
 DAEMON=$!
 check "tcmu-sg registers as tcmu-runner's external sg handler" wait_for 15 grep -q "D-Bus: serving targetcli as External" "$LOG"
-objs=$(dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1 \
-    org.freedesktop.DBus.ObjectManager.GetManagedObjects 2>&1)
+objs=$(managed_objects)
 check "tcmu-runner lists both its handlers and sg" \
     bash -c "grep -q '/org/kernel/TCMUService1/sg\"' <<< '$objs' && grep -q '/org/kernel/TCMUService1/qcow\"' <<< '$objs'"
 cc=$(dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1/sg \
