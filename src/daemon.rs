@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config;
 use crate::dma::Scratch;
+use crate::doorbell::Doorbell;
 use crate::error::CmdError;
 use crate::passthrough::{self, completion};
 use crate::scsi::direction::Direction;
@@ -43,6 +44,8 @@ pub struct Options {
     /// this long before it sleeps in poll(): trades CPU for the wake-up
     /// latency of the next command. 0 disables it.
     pub poll_spin: Duration,
+    /// Complete in ring order even where out-of-order is offered.
+    pub in_order: bool,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
             rescan: Duration::from_secs(5),
             dbus: true,
             poll_spin: Duration::ZERO,
+            in_order: false,
         }
     }
 }
@@ -70,6 +74,8 @@ struct DevShared {
     queue: Mutex<VecDeque<CmdRequest>>,
     /// Spent requests whose buffers the next ring read reuses.
     spare: Mutex<Vec<CmdRequest>>,
+    /// Coalesces the uio writes that tell the kernel about completions.
+    doorbell: Doorbell,
     /// Workers holding a token for this device.
     tokens: AtomicUsize,
     /// The most workers one device may hold, so a dead or slow backing
@@ -86,6 +92,11 @@ struct DevShared {
     reconfig: Mutex<Option<String>>,
 }
 
+/// A command at least this large makes the device thread summon workers
+/// for the commands queued behind it (a smaller one finishes sooner than a
+/// worker wakes; measured in docs/performance-notes.md).
+const SUMMON_BEHIND_BYTES: u64 = 64 << 10;
+
 /// Spent requests kept per device for reuse (enough for a full queue).
 const MAX_SPARE: usize = 256;
 
@@ -99,13 +110,24 @@ struct ThreadScratch {
 }
 
 impl DevShared {
-    /// Publishes completions already written to the ring: one uio write.
+    /// Publishes the completions written to the ring (stores `cmd_tail`).
+    /// The caller then drops the ring lock and calls `kick`.
     fn publish(&self, ring: &mut Ring) {
         if ring.flush() {
+            self.doorbell.published();
+        }
+    }
+
+    /// Tells the kernel about published completions with a uio write,
+    /// made outside the ring lock because the kernel does its completion
+    /// work (for data-in, the copy out of the data area) inside it; writes
+    /// from several threads coalesce (see `doorbell`).
+    fn kick(&self) {
+        self.doorbell.ring(|| {
             if let Err(e) = self.uio.kick() {
                 log::error!("{}: uio write: {e}", self.label);
             }
-        }
+        });
     }
 
     /// Writes completions into the ring (not yet published).
@@ -124,6 +146,8 @@ impl DevShared {
         let mut ring = self.ring.lock().unwrap();
         self.write_completions(&mut ring, cs);
         self.publish(&mut ring);
+        drop(ring);
+        self.kick();
     }
 
     /// Reads new ring entries into the queue (unless paused); entries that
@@ -166,6 +190,8 @@ impl DevShared {
         }
         self.write_completions(&mut ring, &mut t.done);
         self.publish(&mut ring);
+        drop(ring);
+        self.kick();
         true
     }
 
@@ -334,18 +360,34 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
             }
             q.len()
         };
-        // Workers for all but one; this thread runs the rest.
-        let mut want = queued.saturating_sub(1);
-        while want > 0 && dev.tokens.load(Ordering::SeqCst) < dev.cap {
-            dev.tokens.fetch_add(1, Ordering::SeqCst);
-            if jobs.send(dev.clone()).is_err() {
-                log::error!("{label}: worker pool gone");
-                return;
-            }
-            want -= 1;
-        }
         if queued > 0 {
+            // This thread runs one command at a time. Commands waiting
+            // behind it get workers, up to the cap: at wake-up one per
+            // waiting command, and later, when the command in front of them
+            // is large enough to be worth a worker's wake-up, one per
+            // waiting command beyond the workers already on the device. At
+            // most one round of summons per command run: a worker that
+            // finds nothing to do gives its token back and must not be
+            // summoned again at once.
+            let mut first = true;
             while let Some(cmd) = dev.next(&mut t) {
+                if first || cmd.data_len() >= SUMMON_BEHIND_BYTES {
+                    let waiting = dev.queue.lock().unwrap().len();
+                    let busy = dev.tokens.load(Ordering::SeqCst);
+                    let want = if first {
+                        waiting.min(dev.cap.saturating_sub(busy))
+                    } else {
+                        waiting.min(dev.cap).saturating_sub(busy)
+                    };
+                    for _ in 0..want {
+                        dev.tokens.fetch_add(1, Ordering::SeqCst);
+                        if jobs.send(dev.clone()).is_err() {
+                            log::error!("{label}: worker pool gone");
+                            return;
+                        }
+                    }
+                }
+                first = false;
                 dev.run(cmd, &mut t);
             }
             if !dev.poll_spin.is_zero() && !dev.paused.load(Ordering::SeqCst) {
@@ -354,8 +396,8 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
         }
     }
     // Let the kernel see whatever completed.
-    let mut ring = dev.ring.lock().unwrap();
-    dev.publish(&mut ring);
+    dev.publish(&mut dev.ring.lock().unwrap());
+    dev.kick();
 }
 
 /// How long a device that failed to start waits before the next try.
@@ -411,7 +453,12 @@ impl Daemon {
             Err(e) => return fail(self, format!("cannot open /dev/{}: {e}", d.uio)),
         };
         let ring = match Ring::new(uiodev.map.clone()) {
-            Ok(r) => r,
+            Ok(mut r) => {
+                if self.opts.in_order {
+                    r.force_in_order();
+                }
+                r
+            }
             Err(e) => return fail(self, e.to_string()),
         };
         let backing = open_backing(&d.name.cfg);
@@ -433,6 +480,7 @@ impl Daemon {
             ring: Mutex::new(ring),
             queue: Mutex::new(VecDeque::new()),
             spare: Mutex::new(Vec::new()),
+            doorbell: Doorbell::default(),
             tokens: AtomicUsize::new(0),
             cap: (self.opts.workers / 2).max(1),
             running: AtomicUsize::new(0),

@@ -34,6 +34,35 @@ pub struct ExportSpec {
     /// Device attributes written before the LUN is exported
     /// (e.g. `pgr_support=0`).
     pub attribs: Vec<(String, String)>,
+    /// Ring settings written to `control` before the device is enabled
+    /// (`NAME=VALUE`, see `set_control`).
+    pub control: Vec<String>,
+}
+
+/// Applies one `NAME=VALUE` ring setting to a control string. Only the
+/// settings the kernel takes solely before enable are accepted here
+/// (everything else goes through `--attrib`).
+pub fn set_control(c: &mut Control, kv: &str) -> Result<(), String> {
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| format!("control setting '{kv}': expected NAME=VALUE"))?;
+    let n: u32 = v
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("control setting {k}: '{v}' is not a positive number"))?;
+    match k {
+        "hw_max_sectors" => c.hw_max_sectors = Some(n),
+        "max_data_area_mb" => c.max_data_area_mb = Some(n),
+        "data_pages_per_blk" => c.data_pages_per_blk = Some(n),
+        _ => {
+            return Err(format!(
+                "unknown control setting '{k}' \
+                 (hw_max_sectors, max_data_area_mb or data_pages_per_blk)"
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// What `export` made: the local device (tcm_loop) or the target IQN.
@@ -95,7 +124,7 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
     if b.exists() {
         return Err(format!("{} already exists", b.path().display()));
     }
-    b.create(&Control {
+    let mut control = Control {
         dev_config: cfg,
         dev_size: size,
         hw_block_size: Some(info.params.block_size),
@@ -103,8 +132,11 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
         // kernel not to wait for (or accept) netlink replies for it.
         nl_reply_supported: Some(-1),
         ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    };
+    for kv in &spec.control {
+        set_control(&mut control, kv)?;
+    }
+    b.create(&control).map_err(|e| e.to_string())?;
     // Nothing half-made is left behind: a later failure undoes the export.
     finish_export(t, spec, &b).inspect_err(|_| {
         let _ = unexport(t, &spec.name, spec.hba);
@@ -196,5 +228,29 @@ mod tests {
             iqn_for("Disk_1"),
             "iqn.2003-01.org.linux-iscsi.tcmu-sg:disk-1"
         );
+    }
+
+    #[test]
+    fn control_settings() {
+        let mut c = Control::default();
+        set_control(&mut c, "data_pages_per_blk=4").unwrap();
+        set_control(&mut c, "max_data_area_mb=64").unwrap();
+        set_control(&mut c, "hw_max_sectors=2048").unwrap();
+        assert_eq!(
+            (c.data_pages_per_blk, c.max_data_area_mb, c.hw_max_sectors),
+            (Some(4), Some(64), Some(2048))
+        );
+        for bad in [
+            "data_pages_per_blk",
+            "data_pages_per_blk=0",
+            "max_data_area_mb=-1",
+            "max_data_area_mb=1,dev_size=1",
+            "dev_config=sg//dev/sda",
+            "nl_reply_supported=1",
+        ] {
+            let before = c.clone();
+            assert!(set_control(&mut c, bad).is_err(), "{bad}");
+            assert_eq!(c, before, "{bad} changed the control");
+        }
     }
 }

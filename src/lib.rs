@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod dbus;
 pub mod dma;
+pub mod doorbell;
 pub mod error;
 pub mod export;
 pub mod inspect;

@@ -34,6 +34,11 @@ enum Cmd {
         /// microseconds before sleeping (lower latency, more CPU). 0: off.
         #[arg(long, default_value_t = 0)]
         poll_us: u64,
+        /// Complete commands in ring order even where the kernel accepts
+        /// out-of-order completion (a slow command then holds back the
+        /// completions behind it; for comparison).
+        #[arg(long)]
+        in_order: bool,
     },
     /// Check a config string (sg/<device>[;max_xfer_kb=N][;timeout_s=N]).
     CheckConfig { cfgstring: String },
@@ -67,6 +72,10 @@ enum Cmd {
         /// e.g. pgr_support=0 to pass reservations to the backing device.
         #[arg(long = "attrib", value_name = "NAME=VALUE")]
         attribs: Vec<String>,
+        /// Ring setting written before the device is enabled (repeatable):
+        /// hw_max_sectors, max_data_area_mb or data_pages_per_blk.
+        #[arg(long = "control", value_name = "NAME=VALUE")]
+        control: Vec<String>,
     },
     /// Print and check the raw entries queued on an unserved device
     /// (diagnostics; the device must not be served by a running daemon).
@@ -161,6 +170,7 @@ fn main() -> ExitCode {
             portal,
             initiator,
             attribs,
+            control,
         } => {
             let fabric = match fabric.as_str() {
                 "loop" => tcmu_sg::export::Fabric::Loop,
@@ -189,6 +199,7 @@ fn main() -> ExitCode {
                 lun,
                 fabric,
                 attribs: pairs,
+                control,
             };
             match tcmu_sg::export::export(&configfs::Target::default(), &spec) {
                 Ok(tcmu_sg::export::Exported::Local(dev)) => {
@@ -243,6 +254,7 @@ fn main() -> ExitCode {
             workers,
             no_dbus,
             poll_us,
+            in_order,
         } => {
             if let Err(e) = init_logging(log_level, syslog) {
                 eprintln!("tcmu-sg: {e}");
@@ -255,6 +267,7 @@ fn main() -> ExitCode {
             let mut opts = tcmu_sg::daemon::Options {
                 dbus: !no_dbus,
                 poll_spin: std::time::Duration::from_micros(poll_us.min(1_000_000)),
+                in_order,
                 ..Default::default()
             };
             if let Some(w) = workers {

@@ -214,21 +214,29 @@ fn out_of_order_completion_reaches_the_kernel_with_the_right_ids() {
 
 #[test]
 fn without_ooo_completions_wait_for_the_ones_before_them() {
-    let mut k = MockKernel::new(64 << 10, 64, MAILBOX_FLAG_CAP_READ_LEN);
-    let mut ring = Ring::new(k.mapping()).unwrap();
-    for _ in 0..3 {
-        k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
+    // A kernel without OOOC, and one with it where the handler was told to
+    // complete in order (`run --in-order`).
+    for (flags, force) in [(MAILBOX_FLAG_CAP_READ_LEN, false), (ALL, true)] {
+        let mut k = MockKernel::new(64 << 10, 64, flags);
+        let mut ring = Ring::new(k.mapping()).unwrap();
+        if force {
+            ring.force_in_order();
+        }
+        assert!(!ring.ooo_completion());
+        for _ in 0..3 {
+            k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
+        }
+        let ids = polled_ids(&mut ring);
+        ring.complete(Completion::good(ids[2])).unwrap();
+        ring.complete(Completion::good(ids[1])).unwrap();
+        assert!(!ring.flush(), "nothing can pass the first command");
+        assert_eq!(k.handle_completions().unwrap(), 0);
+        ring.complete(Completion::good(ids[0])).unwrap();
+        assert!(ring.flush());
+        assert_eq!(k.handle_completions().unwrap(), 3);
+        let order: Vec<u16> = k.completed.iter().map(|c| c.cmd_id).collect();
+        assert_eq!(order, ids);
     }
-    let ids = polled_ids(&mut ring);
-    ring.complete(Completion::good(ids[2])).unwrap();
-    ring.complete(Completion::good(ids[1])).unwrap();
-    assert!(!ring.flush(), "nothing can pass the first command");
-    assert_eq!(k.handle_completions().unwrap(), 0);
-    ring.complete(Completion::good(ids[0])).unwrap();
-    assert!(ring.flush());
-    assert_eq!(k.handle_completions().unwrap(), 3);
-    let order: Vec<u16> = k.completed.iter().map(|c| c.cmd_id).collect();
-    assert_eq!(order, ids);
 }
 
 #[test]

@@ -168,6 +168,8 @@ pub struct Control {
     /// -1 tells the kernel not to wait for netlink replies for this device.
     pub nl_reply_supported: Option<i32>,
     pub max_data_area_mb: Option<u32>,
+    /// Pages per data-area block (the kernel's default is 1).
+    pub data_pages_per_blk: Option<u32>,
 }
 
 impl Control {
@@ -196,6 +198,9 @@ impl Control {
         }
         if let Some(v) = self.max_data_area_mb {
             s += &format!(",max_data_area_mb={v}");
+        }
+        if let Some(v) = self.data_pages_per_blk {
+            s += &format!(",data_pages_per_blk={v}");
         }
         Ok(s)
     }
@@ -636,6 +641,17 @@ mod tests {
         assert_eq!(
             c.to_control_string().unwrap(),
             "dev_config=sg//dev/sdb;max_xfer_kb=64,dev_size=1073741824,nl_reply_supported=-1"
+        );
+        let c = Control {
+            hw_max_sectors: Some(2048),
+            max_data_area_mb: Some(64),
+            data_pages_per_blk: Some(4),
+            ..c
+        };
+        assert_eq!(
+            c.to_control_string().unwrap(),
+            "dev_config=sg//dev/sdb;max_xfer_kb=64,dev_size=1073741824,hw_max_sectors=2048,\
+             nl_reply_supported=-1,max_data_area_mb=64,data_pages_per_blk=4"
         );
         for bad in ["", "sg", "sg//dev/sdb,dev_size=1", "sg//dev/sd\nb"] {
             let c = Control {

@@ -215,6 +215,14 @@ impl Ring {
         self.flags
     }
 
+    /// Completes in ring order even if the kernel accepts out-of-order
+    /// completions (the `--in-order` lever). Only before any command is
+    /// read: it changes how the tail advances.
+    pub fn force_in_order(&mut self) {
+        assert!(self.slots.is_empty(), "force_in_order on a ring in use");
+        self.flags &= !MAILBOX_FLAG_CAP_OOOC;
+    }
+
     pub fn ooo_completion(&self) -> bool {
         self.flags & MAILBOX_FLAG_CAP_OOOC != 0
     }
