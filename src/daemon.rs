@@ -23,6 +23,7 @@ use crate::dma::Scratch;
 use crate::doorbell::Doorbell;
 use crate::error::CmdError;
 use crate::passthrough::{self, completion};
+use crate::scsi::cdb::op;
 use crate::scsi::direction::Direction;
 use crate::sg::backing::{self, Backing};
 use crate::sg::io::{sg_io, SgScratch};
@@ -92,10 +93,14 @@ struct DevShared {
     reconfig: Mutex<Option<String>>,
 }
 
-/// A command at least this large makes the device thread summon workers
-/// for the commands queued behind it (a smaller one finishes sooner than a
-/// worker wakes; measured in docs/performance-notes.md).
-const SUMMON_BEHIND_BYTES: u64 = 64 << 10;
+/// A data-in command at least this large makes the device thread summon
+/// workers for the commands queued behind it: besides its SG_IO, its
+/// completion write carries the kernel's copy out of the data area, so the
+/// commands behind it would wait for two copies. Measured (see
+/// docs/performance-notes.md): 1 MiB reads at QD4 gain 40%; the same rule
+/// for every command of 64 KiB or more cost 64 KiB reads and writes and
+/// 1 MiB writes about an eighth in extra wake-ups, so it stops at reads.
+const SUMMON_BEHIND_READ_BYTES: u64 = 512 << 10;
 
 /// Spent requests kept per device for reuse (enough for a full queue).
 const MAX_SPARE: usize = 256;
@@ -364,14 +369,19 @@ fn run_device(dev: Arc<DevShared>, jobs: Sender<Arc<DevShared>>) {
             // This thread runs one command at a time. Commands waiting
             // behind it get workers, up to the cap: at wake-up one per
             // waiting command, and later, when the command in front of them
-            // is large enough to be worth a worker's wake-up, one per
-            // waiting command beyond the workers already on the device. At
+            // is a large read (SUMMON_BEHIND_READ_BYTES), one per waiting
+            // command beyond the workers already on the device. At
             // most one round of summons per command run: a worker that
             // finds nothing to do gives its token back and must not be
             // summoned again at once.
             let mut first = true;
             while let Some(cmd) = dev.next(&mut t) {
-                if first || cmd.data_len() >= SUMMON_BEHIND_BYTES {
+                let big_read = cmd.data_len() >= SUMMON_BEHIND_READ_BYTES
+                    && matches!(
+                        cmd.cdb.first(),
+                        Some(&(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16))
+                    );
+                if first || big_read {
                     let waiting = dev.queue.lock().unwrap().len();
                     let busy = dev.tokens.load(Ordering::SeqCst);
                     let want = if first {

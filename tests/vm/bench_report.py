@@ -82,15 +82,17 @@ def main():
     if rss:
         lines += [
             "",
-            "Daemon memory (from /proc/PID/status, KiB; the rings are shared "
-            "memory and show as RssShmem/RssFile):",
+            "Daemon memory (KiB, /proc/PID/status; Rings = the resident part of "
+            "the /dev/uioN ring mappings, from /proc/PID/smaps, counted in RssFile; "
+            "the target counts VmRSS without them):",
             "",
-            "| devices | VmRSS | RssAnon | RssFile | RssShmem |",
-            "|---:|---:|---:|---:|---:|",
+            "| devices | VmRSS | without rings | rings | RssAnon | RssFile | RssShmem |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for n in ("1", "16"):
             r = rss[n]
-            lines.append(f"| {n} | {r['VmRSS']} | {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
+            lines.append(f"| {n} | {r['VmRSS']} | **{r.get('WithoutRings', '-')}** | {r.get('Rings', '-')} "
+                         f"| {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
         lines.append("")
         lines.append(f"With 16 devices the daemon had {rss['threads_at_16']} threads.")
     lines += ["", "![ratios](performance.svg)", ""]

@@ -6,8 +6,9 @@
 # tests/vm/levers, which prints the table.
 #
 #   levers-guest.sh TCMU_SG_BINARY LIO_HELPER [BASELINE_BINARY|-] [SET]
-# SET: all (default) or ab (the baseline, this binary and this binary with
-# its threads on one CPU, alternated three times).
+# SET: all (default), ab (the baseline, this binary and this binary with
+# its threads on one CPU, alternated three times; 4k jobs and 1M read) or
+# ab-large (the same with 64k and 1M reads and writes).
 set -euo pipefail
 BIN=$1
 LIO=$2
@@ -62,8 +63,9 @@ with_sg() {
     kill -TERM $pid; wait $pid || true
 }
 
-if [ "$SET" = ab ]; then
+if [ "$SET" = ab ] || [ "$SET" = ab-large ]; then
     JOBS=("randread 4k 1" "randread 4k 16" "randwrite 4k 64" "read 1M 4")
+    [ "$SET" = ab-large ] && JOBS=("read 64k 4" "write 64k 4" "read 1M 4" "write 1M 4")
     for _ in 1 2 3; do
         measure pscsi "$PS" -
         [ -n "$OLD" ] && with_sg before "$OLD" "" ""
