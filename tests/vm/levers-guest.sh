@@ -8,7 +8,9 @@
 #   levers-guest.sh TCMU_SG_BINARY LIO_HELPER [BASELINE_BINARY|-] [SET]
 # SET: all (default), ab (the baseline, this binary and this binary with
 # its threads on one CPU, alternated three times; 4k jobs and 1M read) or
-# ab-large (the same with 64k and 1M reads and writes).
+# ab-large (the same with 64k and 1M reads and writes), or no-rwlock (this
+# binary and pscsi, 3 alternations, over a scsi_debug without its store
+# lock).
 set -euo pipefail
 BIN=$1
 LIO=$2
@@ -17,7 +19,11 @@ OLD=${3:-}
 SET=${4:-all}
 RUNTIME=${LEVERS_RUNTIME:-3}
 for m in sd_mod sg target_core_mod target_core_user target_core_pscsi tcm_loop; do modprobe "$m"; done
-modprobe scsi_debug dev_size_mb=512 max_luns=2 delay=0
+SDOPTS=()
+# no-rwlock: the same, with scsi_debug not locking its store (writes
+# otherwise take it exclusively).
+[ "$SET" = no-rwlock ] && SDOPTS=(no_rwlock=1)
+modprobe scsi_debug dev_size_mb=512 max_luns=2 delay=0 "${SDOPTS[@]}"
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 sleep 1
 mapfile -t DISKS < <(lsscsi | awk '/scsi_debug/{print $1" "$NF}' | tr -d '[]' | sort -t: -k4 -n | awk '{print $2}')
@@ -63,7 +69,13 @@ with_sg() {
     kill -TERM $pid; wait $pid || true
 }
 
-if [ "$SET" = ab ] || [ "$SET" = ab-large ]; then
+if [ "$SET" = no-rwlock ]; then
+    JOBS=("randread 4k 16" "randwrite 4k 16" "randwrite 4k 64" "write 64k 4")
+    for _ in 1 2 3; do
+        measure pscsi "$PS" -
+        with_sg default "$BIN" "" ""
+    done
+elif [ "$SET" = ab ] || [ "$SET" = ab-large ]; then
     JOBS=("randread 4k 1" "randread 4k 16" "randwrite 4k 64" "read 1M 4")
     [ "$SET" = ab-large ] && JOBS=("read 64k 4" "write 64k 4" "read 1M 4" "write 1M 4")
     for _ in 1 2 3; do
@@ -79,6 +91,7 @@ else
     with_sg in-order "$BIN" "--in-order" ""
     with_sg pages-per-blk-4 "$BIN" "" "--control data_pages_per_blk=4"
     with_sg data-area-64m "$BIN" "" "--control max_data_area_mb=64"
+    with_sg hw-max-sectors-2048 "$BIN" "" "--control hw_max_sectors=2048"
     with_sg cmd-time-out-0 "$BIN" "" "--attrib cmd_time_out=0"
     with_sg workers-4 "$BIN" "--workers 4" ""
     with_sg poll-200us "$BIN" "--poll-us 200" ""
