@@ -12,14 +12,10 @@ BIN=$1
 LIO=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-for m in sd_mod sg target_core_mod target_core_user target_core_pscsi tcm_loop; do modprobe "$m"; done
+. "$HERE/lib.sh"
 # delay=0: scsi_debug answers at once, so the LUNs measure the path, not a
 # simulated disk. 18 LUNs: two for the benchmark, 16 for the RSS figure.
-modprobe scsi_debug dev_size_mb=512 max_luns=18 delay=0
-mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
-sleep 1
-mapfile -t DISKS < <(lsscsi | awk '/scsi_debug/{print $1" "$NF}' | tr -d '[]' | sort -t: -k4 -n | awk '{print $2}')
-mapfile -t ADDRS < <(lsscsi | awk '/scsi_debug/{print $1}' | tr -d '[]' | sort -t: -k4 -n)
+scsi_debug_luns dev_size_mb=512 max_luns=18 delay=0
 echo "scsi_debug: ${#DISKS[@]} disks"
 
 mkdir -p /run/dbus /etc/dbus-1/system.d /var/log

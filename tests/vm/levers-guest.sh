@@ -18,16 +18,13 @@ OLD=${3:-}
 [ "$OLD" = - ] && OLD=
 SET=${4:-all}
 RUNTIME=${LEVERS_RUNTIME:-3}
-for m in sd_mod sg target_core_mod target_core_user target_core_pscsi tcm_loop; do modprobe "$m"; done
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 SDOPTS=()
 # no-rwlock: the same, with scsi_debug not locking its store (writes
 # otherwise take it exclusively).
 [ "$SET" = no-rwlock ] && SDOPTS=(no_rwlock=1)
-modprobe scsi_debug dev_size_mb=512 max_luns=2 delay=0 "${SDOPTS[@]}"
-mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
-sleep 1
-mapfile -t DISKS < <(lsscsi | awk '/scsi_debug/{print $1" "$NF}' | tr -d '[]' | sort -t: -k4 -n | awk '{print $2}')
-mapfile -t ADDRS < <(lsscsi | awk '/scsi_debug/{print $1}' | tr -d '[]' | sort -t: -k4 -n)
+scsi_debug_luns dev_size_mb=512 max_luns=2 delay=0 "${SDOPTS[@]}"
 PS=$("$LIO" pscsi p1 "${ADDRS[1]}" naa.5001405dddddddd1)
 OUT=/vm-out/levers.jsonl
 : > $OUT

@@ -1,5 +1,6 @@
-# Shared by the VM test scripts: pass/fail accounting and the closing line.
-# The caller sets LOG (the daemon's log) and SUITE (a name).
+# Shared by the VM test scripts: pass/fail accounting and the closing line
+# (the caller sets LOG, the daemon's log, and SUITE, a name), and the
+# set-up of the benchmark-style scripts.
 pass=0
 fail=0
 ok() { echo "PASS: $*"; pass=$((pass + 1)); }
@@ -24,4 +25,16 @@ wait_for() {
     local t=$1; shift
     for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     return 1
+}
+# scsi_debug_luns SCSI_DEBUG_OPTION...: loads the target modules and
+# scsi_debug with these options, mounts configfs, and sets DISKS (the /dev
+# nodes) and ADDRS (H:C:T:L) of the scsi_debug LUNs, in LUN order.
+scsi_debug_luns() {
+    local m
+    for m in sd_mod sg target_core_mod target_core_user target_core_pscsi tcm_loop; do modprobe "$m"; done
+    modprobe scsi_debug "$@"
+    mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+    sleep 1
+    mapfile -t DISKS < <(lsscsi | awk '/scsi_debug/{print $1" "$NF}' | tr -d '[]' | sort -t: -k4 -n | awk '{print $2}')
+    mapfile -t ADDRS < <(lsscsi | awk '/scsi_debug/{print $1}' | tr -d '[]' | sort -t: -k4 -n)
 }

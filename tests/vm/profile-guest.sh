@@ -14,13 +14,10 @@ LIO=$2
 RW=$3
 BS=$4
 shift 4
-for m in sd_mod sg target_core_mod target_core_user target_core_pscsi tcm_loop; do modprobe "$m"; done
-modprobe scsi_debug dev_size_mb=256 max_luns=2 delay=0
-mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing
-sleep 1
-mapfile -t DISKS < <(lsscsi | awk '/scsi_debug/{print $1" "$NF}' | tr -d '[]' | sort -t: -k4 -n | awk '{print $2}')
-mapfile -t ADDRS < <(lsscsi | awk '/scsi_debug/{print $1}' | tr -d '[]' | sort -t: -k4 -n)
+scsi_debug_luns dev_size_mb=256 max_luns=2 delay=0
 "$BIN" run --no-dbus "$@" > /vm-out/profile-daemon.log 2>&1 &
 SGPID=$!
 sleep 0.5
