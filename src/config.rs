@@ -11,6 +11,8 @@ use std::path::PathBuf;
 /// before LIO gives up on the command.
 pub const DEFAULT_TIMEOUT_S: u32 = 20;
 pub const MAX_CFG_LEN: usize = 1024;
+/// The largest `max_inflight` (SCSI queue depths stop well below).
+pub const MAX_INFLIGHT: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevConfig {
@@ -20,6 +22,9 @@ pub struct DevConfig {
     pub max_xfer_kb: Option<u32>,
     /// SG_IO timeout in seconds.
     pub timeout_s: u32,
+    /// Caps the commands in flight at the backing device (default: its
+    /// queue depth).
+    pub max_inflight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +39,7 @@ pub enum ConfigError {
     Subtype(String),
     #[error("backing device '{0}' is not an absolute path under /dev")]
     Path(String),
-    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s)")]
+    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s, max_inflight)")]
     UnknownOption(String),
     #[error("option '{0}' needs a value (key=value)")]
     MissingValue(String),
@@ -96,6 +101,7 @@ pub fn parse(cfg: &str) -> Result<DevConfig, ConfigError> {
         path: PathBuf::from(path),
         max_xfer_kb: None,
         timeout_s: DEFAULT_TIMEOUT_S,
+        max_inflight: None,
     };
     let mut seen = Vec::new();
     for opt in parts {
@@ -115,6 +121,9 @@ pub fn parse(cfg: &str) -> Result<DevConfig, ConfigError> {
                 c.max_xfer_kb = Some(number(k, v, 4, 1 << 20, "expected 4..=1048576 KiB")?);
             }
             "timeout_s" => c.timeout_s = number(k, v, 1, 3600, "expected 1..=3600 seconds")?,
+            "max_inflight" => {
+                c.max_inflight = Some(number(k, v, 1, MAX_INFLIGHT, "expected 1..=1024")?);
+            }
             _ => return Err(ConfigError::UnknownOption(k.into())),
         }
     }
@@ -133,6 +142,10 @@ mod tests {
         let c = parse("sg//dev/disk/by-id/wwn-0x5000;max_xfer_kb=64;timeout_s=5").unwrap();
         assert_eq!(c.path, PathBuf::from("/dev/disk/by-id/wwn-0x5000"));
         assert_eq!((c.max_xfer_kb, c.timeout_s), (Some(64), 5));
+        assert_eq!(
+            parse("sg//dev/sdb;max_inflight=4").unwrap().max_inflight,
+            Some(4)
+        );
         assert_eq!(parse("/dev/sg3").unwrap().path, PathBuf::from("/dev/sg3"));
     }
 
@@ -152,6 +165,8 @@ mod tests {
             "sg//dev/sdb;timeout_s=0",
             "sg//dev/sdb;colour=blue",
             "sg//dev/sdb;timeout_s=1;timeout_s=2",
+            "sg//dev/sdb;max_inflight=0",
+            "sg//dev/sdb;max_inflight=1025",
             "sg//dev/sd\u{7}b",
             "sg//dev/sdé",
         ];

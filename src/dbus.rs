@@ -21,7 +21,8 @@ pub const MANAGER_IFACE: &str = "org.kernel.TCMUService1.HandlerManager1";
 pub const EXTERNAL_NAME: &str = "org.kernel.TCMUService1.HandlerManager1.sg";
 pub const EXTERNAL_PATH: &str = "/org/kernel/TCMUService1/HandlerManager1/sg";
 
-pub const CONFIG_DESC: &str = "sg/<backing SCSI device>[;max_xfer_kb=N][;timeout_s=N]: \
+pub const CONFIG_DESC: &str =
+    "sg/<backing SCSI device>[;max_xfer_kb=N][;timeout_s=N][;max_inflight=N]: \
 passes every SCSI command to the backing device (/dev/sdX, /dev/sgN or /dev/disk/by-*/...) \
 with SG_IO; its status and sense reach the initiator unchanged";
 
@@ -38,7 +39,7 @@ impl SgHandler {
     /// `config` is `<subtype>/<cfgstring>` as targetcli passes it.
     #[zbus(name = "CheckConfig")]
     fn check_config(&self, config: &str) -> (bool, String) {
-        let r = crate::daemon::check_config(config);
+        let r = crate::sg::backing::check_config(config);
         log::info!("CheckConfig({config:?}): {r:?}");
         match r {
             Ok(desc) => (true, desc),

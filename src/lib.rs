@@ -18,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod inspect;
 pub mod passthrough;
+pub mod stats;
 pub mod sys;
 
 pub mod scsi {

@@ -24,9 +24,10 @@ enum Cmd {
         /// Log to syslog (daemon facility) instead of stderr.
         #[arg(long)]
         syslog: bool,
-        /// SG_IO worker threads shared by all devices.
-        #[arg(long)]
-        workers: Option<usize>,
+        /// The most SG_IO threads of all devices together (default 1024;
+        /// each device's first thread is outside the bound).
+        #[arg(long, alias = "workers")]
+        max_threads: Option<usize>,
         /// Do not serve targetcli on the D-Bus system bus.
         #[arg(long)]
         no_dbus: bool,
@@ -40,7 +41,8 @@ enum Cmd {
         #[arg(long)]
         in_order: bool,
     },
-    /// Check a config string (sg/<device>[;max_xfer_kb=N][;timeout_s=N]).
+    /// Check a config string
+    /// (sg/<device>[;max_xfer_kb=N][;timeout_s=N][;max_inflight=N]).
     CheckConfig { cfgstring: String },
     /// Create a user:sg backstore over BACKING and export it through tcm_loop
     /// (the daemon must be running); prints the initiator's block device.
@@ -150,7 +152,7 @@ fn local_initiator_name() -> Option<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { cfgstring } => match tcmu_sg::daemon::check_config(&cfgstring) {
+        Cmd::CheckConfig { cfgstring } => match tcmu_sg::sg::backing::check_config(&cfgstring) {
             Ok(desc) => {
                 println!("{desc}");
                 ExitCode::SUCCESS
@@ -251,7 +253,7 @@ fn main() -> ExitCode {
         Cmd::Run {
             log_level,
             syslog,
-            workers,
+            max_threads,
             no_dbus,
             poll_us,
             in_order,
@@ -270,13 +272,13 @@ fn main() -> ExitCode {
                 in_order,
                 ..Default::default()
             };
-            if let Some(w) = workers {
-                opts.workers = w.clamp(1, 256);
+            if let Some(n) = max_threads {
+                opts.max_threads = n.clamp(1, 65536);
             }
             log::info!(
-                "tcmu-sg {} starting with {} workers",
+                "tcmu-sg {} starting (at most {} SG_IO threads)",
                 env!("CARGO_PKG_VERSION"),
-                opts.workers
+                opts.max_threads
             );
             tcmu_sg::daemon::Daemon::new(opts).run();
             ExitCode::SUCCESS

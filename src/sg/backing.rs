@@ -9,7 +9,7 @@ use std::os::linux::fs::MetadataExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::DevConfig;
+use crate::config::{DevConfig, MAX_INFLIGHT};
 use crate::passthrough::DeviceParams;
 use crate::scsi::direction::DeviceClass;
 
@@ -49,12 +49,14 @@ pub struct BackingInfo {
     /// Capacity in logical blocks (0 when unknown, e.g. tapes).
     pub blocks: u64,
     pub params: DeviceParams,
+    /// The SCSI device's queue depth (sysfs `device/queue_depth`).
+    pub queue_depth: u32,
 }
 
 impl BackingInfo {
     pub fn describe(&self) -> String {
         format!(
-            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB{}",
+            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB, queue depth {}{}",
             self.node.display(),
             if self.block { "block" } else { "sg" },
             self.sg_node
@@ -67,6 +69,7 @@ impl BackingInfo {
             self.blocks,
             self.params.block_size,
             self.params.max_bytes / 1024,
+            self.queue_depth,
             if self.block {
                 ""
             } else {
@@ -76,17 +79,38 @@ impl BackingInfo {
     }
 }
 
+/// When sysfs has no queue depth for a device.
+const DEFAULT_QUEUE_DEPTH: u32 = 32;
+/// sg allows this many commands in flight per open file.
+const SG_MAX_QUEUE: u32 = 16;
+
 /// An open backing device.
 #[derive(Debug)]
 pub struct Backing {
     pub file: File,
     pub info: BackingInfo,
     pub timeout_ms: u32,
+    /// `max_inflight` from the config string, if given.
+    pub max_inflight: Option<u32>,
 }
 
 impl Backing {
     pub fn fd(&self) -> i32 {
         self.file.as_raw_fd()
+    }
+
+    /// How many commands may be in flight at once: the device's queue
+    /// depth, lowered by `max_inflight`, and at most sg's per-file limit
+    /// when driven through an sg node.
+    pub fn max_inflight(&self) -> usize {
+        let mut n = self.info.queue_depth;
+        if let Some(m) = self.max_inflight {
+            n = n.min(m);
+        }
+        if !self.info.block {
+            n = n.min(SG_MAX_QUEUE);
+        }
+        n.max(1) as usize
     }
 }
 
@@ -150,6 +174,9 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
         return Err(BackingError::NotScsi(given.clone()));
     }
     let peripheral_type = read_num(&scsi_dev, "type", given)? as u8;
+    let queue_depth = read_num(&scsi_dev, "queue_depth", given).map_or(DEFAULT_QUEUE_DEPTH, |q| {
+        q.clamp(1, MAX_INFLIGHT as u64) as u32
+    });
     let vendor = read_trim(&scsi_dev.join("vendor")).unwrap_or_default();
     let model = read_trim(&scsi_dev.join("model")).unwrap_or_default();
     let name = |d: &PathBuf| {
@@ -213,6 +240,7 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
         model,
         blocks,
         params,
+        queue_depth,
     })
 }
 
@@ -232,7 +260,16 @@ pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
         file,
         info,
         timeout_ms: cfg.timeout_s.saturating_mul(1000),
+        max_inflight: cfg.max_inflight,
     })
+}
+
+/// For `check-config` and targetcli's CheckConfig: parses and probes
+/// without opening the device.
+pub fn check_config(cfg: &str) -> Result<String, String> {
+    let c = crate::config::parse(cfg).map_err(|e| e.to_string())?;
+    let info = probe(&c, Path::new("/sys")).map_err(|e| e.to_string())?;
+    Ok(format!("sg: {}", info.describe()))
 }
 
 #[cfg(test)]

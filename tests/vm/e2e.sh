@@ -197,6 +197,33 @@ sleep 1
 t=$($SGIO run "$LUN_SG" 28000000000000000800 --in 4096)
 check "  and the device serves again once the backing device is back" grep -q '"status": 0,' <<< "$t"
 
+# --- concurrency at a backing device that takes time to answer --------------
+# scsi_debug answers after one jiffy (about 4 ms): a handler that runs the
+# initiator's queued commands one at a time stays near its QD1 rate. Every
+# command must be in flight at once: QD16 reaches at least 12x QD1 (pscsi
+# gets 17x here; the handler before leader/followers got 1-9x). With
+# max_inflight=4 at most 4 commands hold the device at a time, each for at
+# least 4 ms: at most 1000 per second.
+iops() { # LUN QD -> fio randread IOPS over 3 s
+    fio --name=c --filename="$1" --rw=randread --bs=4k --iodepth="$2" --ioengine=libaio --direct=1 \
+        --size=64M --runtime=3 --ramp_time=1 --time_based --randrepeat=0 --norandommap \
+        --output-format=json 2>/dev/null | python3 -c 'import json,sys; s=sys.stdin.read(); print(int(json.loads(s[s.index("{"):])["jobs"][0]["read"]["iops"]))'
+}
+"$BIN" set-config --name d1 "sg/$BACK"
+wait_log "reconfigured: .*up to 192 commands at once" || true
+echo 1 > /sys/bus/pseudo/drivers/scsi_debug/delay
+q1=$(iops "$LUN" 1); q16=$(iops "$LUN" 16)
+echo "4 ms backing latency: QD1 $q1 IOPS, QD16 $q16 IOPS ($(python3 -c "print(round($q16 / max($q1, 1), 1))")x)"
+check "at 4 ms latency QD16 reaches at least 12x the QD1 rate" [ "$q16" -ge $((12 * q1)) ]
+"$BIN" set-config --name d1 "sg/$BACK;max_inflight=4"
+check "max_inflight=4 is taken up" wait_log "reconfigured: .*up to 4 commands at once"
+c1=$(iops "$LUN" 1); c16=$(iops "$LUN" 16)
+echo "  with max_inflight=4: QD1 $c1 IOPS, QD16 $c16 IOPS"
+check "  and caps QD16 at 4 in flight (at most 1000/s, at least 3x QD1)" test "$c16" -le 1100 -a "$c16" -ge $((3 * c1))
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/delay
+"$BIN" set-config --name d1 "sg/$BACK"
+wait_log "reconfigured: .*up to 192 commands at once" || true
+
 # --- many devices in one daemon ---------------------------------------------
 others=$(lsscsi | awk '/scsi_debug/{print $NF}' | grep -v "^$BACK\$" | head -3)
 first_other=$(echo $others | awk '{print $1}')

@@ -1,0 +1,179 @@
+//! The devices the daemon serves, kept in step with sysfs: a crew per
+//! `sg/` uio device, started, reconfigured and stopped as devices come, change
+//! and go.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::device::{cap_for, open_backing, Device};
+use super::dispatch::{Budget, Crew, Work};
+use crate::tcmu::ring::Ring;
+use crate::tcmu::uio::{self, UioDev, UioDevice, UioName};
+
+/// How long a device that failed to start waits before the next try.
+const RETRY: Duration = Duration::from_secs(2);
+
+struct Served {
+    crew: Arc<Crew<Device>>,
+    name: UioName,
+}
+
+pub struct Registry {
+    sys: PathBuf,
+    dev: PathBuf,
+    poll_spin: Duration,
+    in_order: bool,
+    budget: Arc<Budget>,
+    devices: HashMap<String, Served>,
+    /// Devices that could not be started, by uio: the name they had and
+    /// when they were tried. Retried when the name changes or after
+    /// `RETRY` (another process may have held the uio device open).
+    failed: HashMap<String, (UioName, Instant)>,
+}
+
+impl Registry {
+    pub fn new(opts: &super::Options) -> Registry {
+        Registry {
+            sys: opts.sys.clone(),
+            dev: opts.dev.clone(),
+            poll_spin: opts.poll_spin,
+            in_order: opts.in_order,
+            budget: Budget::new(opts.max_threads),
+            devices: HashMap::new(),
+            failed: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    fn start(&mut self, d: &UioDev) {
+        let label = format!("{} ({})", d.name.configfs_dir(), d.uio);
+        let retry = self.failed.contains_key(&d.uio);
+        let fail = |s: &mut Self, why: String| {
+            if retry {
+                log::debug!("{label}: {why} (will retry)");
+            } else {
+                log::error!("{label}: {why} (will retry every {RETRY:?})");
+            }
+            s.failed
+                .insert(d.uio.clone(), (d.name.clone(), Instant::now()));
+        };
+        let uiodev = match UioDevice::open(&self.sys, &self.dev, &d.uio) {
+            Ok(u) => u,
+            Err(e) => return fail(self, format!("cannot open /dev/{}: {e}", d.uio)),
+        };
+        let ring = match Ring::new(uiodev.map.clone()) {
+            Ok(mut r) => {
+                if self.in_order {
+                    r.force_in_order();
+                }
+                r
+            }
+            Err(e) => return fail(self, e.to_string()),
+        };
+        let flags = ring.flags();
+        let backing = open_backing(&d.name.cfg);
+        let cap = cap_for(&backing);
+        match &backing {
+            Ok(b) => log::info!(
+                "{label}: '{}' serving {}, up to {cap} commands at once (ring flags {flags:#x})",
+                d.name.cfg,
+                b.info.describe(),
+            ),
+            Err(e) => log::error!(
+                "{label}: bad config '{}' ({e}); answering every command NOT READY",
+                d.name.cfg
+            ),
+        }
+        let dev = match Device::new(label.clone(), uiodev, ring, backing, self.poll_spin) {
+            Ok(dev) => dev,
+            Err(e) => return fail(self, format!("eventfd: {e}")),
+        };
+        let crew = match Crew::start(&format!("sg-{}", d.uio), dev, cap, self.budget.clone()) {
+            Ok(c) => c,
+            Err(e) => return fail(self, format!("cannot start a thread: {e}")),
+        };
+        self.failed.remove(&d.uio);
+        self.devices.insert(
+            d.uio.clone(),
+            Served {
+                crew,
+                name: d.name.clone(),
+            },
+        );
+    }
+
+    fn stop(&mut self, uio: &str) {
+        if let Some(s) = self.devices.remove(uio) {
+            s.crew.work().request_stop();
+            Self::wait_stopped(&s);
+        }
+    }
+
+    fn wait_stopped(s: &Served) {
+        let dev = s.crew.work();
+        // The device gives up on unfinished commands after its SG_IO
+        // timeout and a grace; this is a bound beyond that.
+        if !s.crew.wait_gone(dev.stop_grace() + Duration::from_secs(5)) {
+            log::error!("{}: threads still busy; leaving them", dev.label());
+        }
+        log::info!(
+            "{}: stopped after {} commands, at most {} at once",
+            dev.label(),
+            crate::stats::DeviceStats::get(&dev.stats.done),
+            crate::stats::DeviceStats::get(&dev.stats.peak_in_flight),
+        );
+    }
+
+    /// Stops every device: all are told at once, then waited for.
+    pub fn stop_all(&mut self) {
+        for s in self.devices.values() {
+            s.crew.work().request_stop();
+        }
+        for (_, s) in self.devices.drain() {
+            Self::wait_stopped(&s);
+        }
+    }
+
+    /// Brings the running devices in line with sysfs.
+    pub fn reconcile(&mut self) {
+        let found = uio::scan(&self.sys, "sg");
+        let live: Vec<String> = self.devices.keys().cloned().collect();
+        for uio in live {
+            let s = &self.devices[&uio];
+            let gone = s.crew.finished() || !found.iter().any(|d| d.uio == uio);
+            if gone {
+                self.stop(&uio);
+            }
+        }
+        self.failed.retain(|u, _| found.iter().any(|d| &d.uio == u));
+        for d in &found {
+            if let Some(s) = self.devices.get_mut(&d.uio) {
+                if s.name != d.name {
+                    if s.name.device != d.name.device || s.name.hba != d.name.hba {
+                        // Another device reused the uio minor.
+                        let uio = d.uio.clone();
+                        self.stop(&uio);
+                        self.start(d);
+                    } else {
+                        log::info!("{}: new config '{}'", s.crew.work().label(), d.name.cfg);
+                        s.crew.work().request_reconfig(d.name.cfg.clone());
+                        s.name = d.name.clone();
+                    }
+                }
+            } else {
+                let due = match self.failed.get(&d.uio) {
+                    None => true,
+                    Some((name, at)) => name != &d.name || at.elapsed() >= RETRY,
+                };
+                if due {
+                    self.start(d);
+                }
+            }
+        }
+    }
+}
