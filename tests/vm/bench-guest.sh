@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The benchmark, inside the VM: three LUNs through tcm_loop in one boot,
-#   sg    tcmu-sg over a scsi_debug disk
-#   pscsi LIO's in-kernel passthrough over a second scsi_debug disk
-#   qcow  tcmu-runner's user:qcow over a preallocated qcow2 image on tmpfs
-# then fio on each (tests/vm/bench.py), and the daemon's RSS with 1 and 16
-# devices. Results: /vm-out/bench.json.
+# The benchmark, inside the VM. One scsi_debug host whose latency
+# bench.py sets at run time backs every LUN, all through tcm_loop:
+#   sg     tcmu-sg over a scsi_debug disk
+#   pscsi  LIO's in-kernel passthrough over a second scsi_debug disk
+#   qcow   tcmu-runner's user:qcow over a qcow2 image on a third
+#   8 + 8  tcmu-sg and pscsi LUNs for the aggregate of 8 devices
+# then fio on each (tests/vm/bench.py), and the daemon's threads and RSS
+# with 1 and 16 devices, idle. Results: /vm-out/bench.json.
 #
 #   bench-guest.sh TCMU_SG_BINARY LIO_HELPER
 set -euo pipefail
@@ -13,9 +15,11 @@ LIO=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
-# delay=0: scsi_debug answers at once, so the LUNs measure the path, not a
-# simulated disk. 18 LUNs: two for the benchmark, 16 for the RSS figure.
-scsi_debug_luns dev_size_mb=512 max_luns=18 delay=0
+[ -f /vm-out/bench.env ] && . /vm-out/bench.env
+# 26 LUNs: 0 sg, 1 pscsi, 2 qcow, 3-10 the 8 tcmu-sg LUNs of the
+# aggregate, 11-18 its 8 pscsi LUNs, 19-25 more tcmu-sg devices for the
+# 16-device figures. They share one 512 MiB store.
+scsi_debug_luns dev_size_mb=512 max_luns=26 delay=0
 echo "scsi_debug: ${#DISKS[@]} disks"
 
 mkdir -p /run/dbus /etc/dbus-1/system.d /var/log
@@ -33,10 +37,12 @@ sleep 1
 
 SG=$("$BIN" export --name b0 "${DISKS[0]}")
 PS=$("$LIO" pscsi p0 "${ADDRS[1]}" naa.5001405dddddddd1)
-qemu-img create -q -f qcow2 -o preallocation=full /dev/shm/q0.qcow2 512M
+# The qcow2 image lives on a scsi_debug disk, so tcmu-runner sees the
+# same latency; metadata preallocation: writes allocate nothing.
+qemu-img create -q -f qcow2 -o preallocation=metadata "${DISKS[2]}" 256M
 # hw_max_sectors=2048: let tcmu-runner take 1 MiB commands like the others
 # (its default, 128 sectors, makes the initiator split at 64 KiB).
-targetcli /backstores/user:qcow create name=q0 size=512M cfgstring=/dev/shm/q0.qcow2 \
+targetcli /backstores/user:qcow create name=q0 size=256M cfgstring="${DISKS[2]}" \
     hw_max_sectors=2048 2>&1 | grep -v Warning | grep -v 'warn(' || true
 targetcli /loopback create naa.5001405eeeeeeee1 >/dev/null 2>&1
 targetcli /loopback/naa.5001405eeeeeeee1/luns create /backstores/user:qcow/q0 >/dev/null 2>&1
@@ -44,44 +50,53 @@ a=$(cat /sys/kernel/config/target/loopback/naa.5001405eeeeeeee1/tpgt_1/address)
 for _ in $(seq 100); do ls /sys/class/scsi_device/$a:0/device/block/ >/dev/null 2>&1 && break; sleep 0.1; done
 QC=/dev/$(ls /sys/class/scsi_device/$a:0/device/block/)
 RUNNER=$(pgrep -x tcmu-runner)
-echo "LUNs: sg=$SG pscsi=$PS qcow=$QC"
-for d in "$SG" "$PS" "$QC"; do
+AGG_SG=(); AGG_PS=()
+for i in $(seq 0 7); do
+    AGG_SG+=("$("$BIN" export --name a$i "${DISKS[$((3 + i))]}")")
+    AGG_PS+=("$("$LIO" pscsi ap$i "${ADDRS[$((11 + i))]}" "naa.5001405ddddddd2$i")")
+done
+echo "LUNs: sg=$SG pscsi=$PS qcow=$QC aggregate sg=${AGG_SG[*]} pscsi=${AGG_PS[*]}"
+for d in "$SG" "$PS" "$QC" "${AGG_SG[@]}" "${AGG_PS[@]}"; do
     # The initiator's 1 MiB single-command limit on tcm_loop (256 segments).
     q=/sys/block/${d#/dev/}/queue
     echo 1024 > $q/max_sectors_kb 2>/dev/null || true
-    echo "$d: max_sectors_kb $(cat $q/max_sectors_kb), scheduler $(cat $q/scheduler)"
 done
+echo "$SG: max_sectors_kb $(cat /sys/block/${SG#/dev/}/queue/max_sectors_kb), scheduler $(cat /sys/block/${SG#/dev/}/queue/scheduler)"
 
 python3 "$HERE/bench.py" --sg "$SG" --pscsi "$PS" --qcow "$QC" --sg-pid "$SGPID" \
+    --agg-sg "$(IFS=,; echo "${AGG_SG[*]}")" --agg-pscsi "$(IFS=,; echo "${AGG_PS[*]}")" \
     --runner-pid "$RUNNER" --tcmu-sg "$BIN" --out /vm-out/bench.json
 
-# RSS with 1 and 16 devices.
-# The rings (mappings of /dev/uioN) are counted apart: the target leaves
-# them out.
+# Threads and RSS of the idle daemon with 1 and 16 devices, once idle
+# followers have retired. The rings (mappings of /dev/uioN) are counted
+# apart: the target leaves them out.
 rss() {
     grep -E '^(VmRSS|RssAnon|RssFile|RssShmem):' /proc/$SGPID/status | awk '{printf "%s ", $2}'
-    awk '/^[0-9a-f]+-[0-9a-f]+ /{ring = ($6 ~ /^\/dev\/uio/)} /^Rss:/{if (ring) r += $2} END {print r + 0}' /proc/$SGPID/smaps
+    awk '/^[0-9a-f]+-[0-9a-f]+ /{ring = ($6 ~ /^\/dev\/uio/)} /^Rss:/{if (ring) r += $2} END {printf "%d ", r + 0}' /proc/$SGPID/smaps
+    ls /proc/$SGPID/task | wc -l
 }
+for i in $(seq 0 7); do "$BIN" unexport --name a$i; done
+sleep 12
 one=$(rss)
-for i in $(seq 2 16); do
-    "$BIN" export --name r$i "${DISKS[$i]}" > /dev/null
-done
-sleep 1
+for i in $(seq 0 7); do "$BIN" export --name a$i "${DISKS[$((3 + i))]}" > /dev/null; done
+for i in $(seq 19 25); do "$BIN" export --name r$i "${DISKS[$i]}" > /dev/null; done
+sleep 12
 sixteen=$(rss)
 ndev=$(cat /sys/class/uio/*/name | grep -c '/sg/')
-nthreads=$(ls /proc/$SGPID/task | wc -l)
-python3 - "$one" "$sixteen" "$ndev" "$nthreads" <<'EOF'
+python3 - "$one" "$sixteen" "$ndev" <<'EOF2'
 import json, sys
-keys = ["VmRSS", "RssAnon", "RssFile", "RssShmem", "Rings"]
+keys = ["VmRSS", "RssAnon", "RssFile", "RssShmem", "Rings", "Threads"]
 one = dict(zip(keys, map(int, sys.argv[1].split())))
 sixteen = dict(zip(keys, map(int, sys.argv[2].split())))
 for r in (one, sixteen):
     r["WithoutRings"] = r["VmRSS"] - r["Rings"]
 d = json.load(open("/vm-out/bench.json"))
-d["rss_kib"] = {"1": one, "16": sixteen, "devices_at_16": int(sys.argv[3]), "threads_at_16": int(sys.argv[4])}
+d["rss_kib"] = {"1": one, "16": sixteen, "devices_at_16": int(sys.argv[3]),
+                "threads_at_16": sixteen["Threads"]}
 json.dump(d, open("/vm-out/bench.json", "w"), indent=1)
-EOF
-for i in $(seq 2 16); do "$BIN" unexport --name r$i; done
+EOF2
+for i in $(seq 0 7); do "$BIN" unexport --name a$i; done
+for i in $(seq 19 25); do "$BIN" unexport --name r$i; done
 "$BIN" unexport --name b0
 kill -TERM $SGPID; wait $SGPID || true
 echo "bench: done"

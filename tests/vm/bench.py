@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""fio over the three LUNs of the benchmark (run inside the VM by
-bench-guest.sh). Each job runs BENCH_RUNS times per LUN, LUNs interleaved
-run by run so drift hits all three alike; the median run is reported."""
+"""fio over the benchmark's LUNs (run inside the VM by bench-guest.sh).
+
+Every job runs at three backing-device latencies, set at run time on
+scsi_debug (which backs all three LUNs): about 4 ms (delay=1, one jiffy),
+100 us (ndelay=100000) and inline (delay=0: the device answers in the
+submitter's context, which measures the handler's own cost but hides
+whether commands overlap). Each job runs BENCH_RUNS times per LUN, LUNs
+interleaved run by run so drift hits all alike; the median run is reported.
+Then 8 tcmu-sg LUNs against 8 pscsi LUNs at once, 4k randread QD32 each, at
+4 ms: the aggregate."""
 import argparse
 import json
 import os
 import statistics
 import subprocess
+import threading
 import time
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
+SDEBUG = "/sys/bus/pseudo/drivers/scsi_debug"
 
 # name, rw, bs, iodepth
 JOBS = [
@@ -27,6 +36,25 @@ JOBS = [
     ("8M write QD2 (split)", "write", "8M", 2),
 ]
 
+# name, scsi_debug attribute, value
+LATENCIES = [
+    ("4 ms", "delay", 1),
+    ("100 us", "ndelay", 100000),
+    ("inline", "delay", 0),
+]
+
+
+def set_latency(attr, value):
+    """scsi_debug refuses a change while commands are queued (EBUSY)."""
+    for _ in range(100):
+        try:
+            with open(f"{SDEBUG}/{attr}", "w") as f:
+                f.write(str(value))
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"cannot set scsi_debug {attr}={value}")
+
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -36,14 +64,46 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fio(dev, rw, bs, qd):
+def threads(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+class ThreadPeak:
+    """Samples a process's thread count every 0.2 s while active."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, threads(self.pid))
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop.set()
+        self.t.join()
+
+
+def fio_cmd(devs, rw, bs, qd, size="256M"):
     cmd = [
-        "fio", "--name=b", f"--filename={dev}", f"--rw={rw}", f"--bs={bs}",
-        f"--iodepth={qd}", "--ioengine=libaio", "--direct=1", "--size=256M",
-        f"--runtime={RUNTIME}", "--ramp_time=1", "--time_based",
-        "--randrepeat=0", "--norandommap", "--output-format=json",
+        "fio", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", "--ioengine=libaio",
+        "--direct=1", f"--size={size}", f"--runtime={RUNTIME}", "--ramp_time=1",
+        "--time_based", "--randrepeat=0", "--norandommap", "--output-format=json",
+        "--group_reporting",
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    for i, d in enumerate(devs):
+        cmd += [f"--name=j{i}", f"--filename={d}"]
+    return cmd
+
+
+def fio(devs, rw, bs, qd):
+    out = subprocess.run(fio_cmd(devs, rw, bs, qd), check=True, capture_output=True,
+                         text=True).stdout
     j = json.loads(out[out.index("{"):])["jobs"][0]
     side = j["read"] if rw in ("read", "randread") else j["write"]
     clat = side.get("clat_ns", {})
@@ -56,67 +116,100 @@ def fio(dev, rw, bs, qd):
     }
 
 
+def median_run(rs):
+    return sorted(rs, key=lambda r: r["iops"])[len(rs) // 2]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sg", required=True)
     ap.add_argument("--pscsi", required=True)
     ap.add_argument("--qcow", required=True)
+    ap.add_argument("--agg-sg", required=True, help="comma-separated tcmu-sg LUNs")
+    ap.add_argument("--agg-pscsi", required=True, help="comma-separated pscsi LUNs")
     ap.add_argument("--sg-pid", type=int, required=True)
     ap.add_argument("--runner-pid", type=int, required=True)
     ap.add_argument("--tcmu-sg", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    luns = {"sg": a.sg, "pscsi": a.pscsi, "qcow": a.qcow}
+    luns = {"sg": [a.sg], "pscsi": [a.pscsi], "qcow": [a.qcow]}
     pids = {"sg": a.sg_pid, "qcow": a.runner_pid}
     results = []
-    for name, rw, bs, qd in JOBS:
-        split = "split" in name
-        if split:
-            # Below the 1 MiB commands the initiator sends: each is split.
-            subprocess.run([a.tcmu_sg, "set-config", "--name", "b0",
-                            f"sg/{sg_backing(a.sg)};max_xfer_kb=512"], check=True)
-            time.sleep(1.5)
-        runs = {k: [] for k in luns}
-        cpu = {k: [] for k in pids}
-        for _ in range(RUNS):
-            for k, dev in luns.items():
-                c0 = cpu_seconds(pids[k]) if k in pids else 0
-                r = fio(dev, rw, bs, qd)
-                if k in pids:
-                    used = cpu_seconds(pids[k]) - c0
-                    cpu[k].append(used / max(r["ios"], 1) * 100_000)
-                runs[k].append(r)
-        if split:
-            subprocess.run([a.tcmu_sg, "set-config", "--name", "b0",
-                            f"sg/{sg_backing(a.sg)}"], check=True)
-            time.sleep(1.5)
-        row = {"job": name}
-        for k, rs in runs.items():
-            med = sorted(rs, key=lambda r: r["iops"])[len(rs) // 2]
-            row[k] = med
-            row[k]["iops_runs"] = [round(r["iops"], 1) for r in rs]
-        for k, c in cpu.items():
-            row[k]["cpu_s_per_100k_io"] = statistics.median(c)
-        results.append(row)
-        print(f"{name:22s} sg {row['sg']['iops']:9.1f}  pscsi {row['pscsi']['iops']:9.1f}  "
-              f"qcow {row['qcow']['iops']:9.1f}  sg/pscsi {row['sg']['iops'] / row['pscsi']['iops']:.2f}",
-              flush=True)
+    for lat, attr, value in LATENCIES:
+        set_latency(attr, value)
+        for name, rw, bs, qd in JOBS:
+            split = "split" in name
+            if split:
+                # Below the 1 MiB commands the initiator sends: each is split.
+                set_sg_config(a.tcmu_sg, f"sg/{sg_backing()};max_xfer_kb=512")
+            runs = {k: [] for k in luns}
+            cpu = {k: [] for k in pids}
+            peak = 0
+            for _ in range(RUNS):
+                for k, devs in luns.items():
+                    c0 = cpu_seconds(pids[k]) if k in pids else 0
+                    with ThreadPeak(a.sg_pid) as tp:
+                        r = fio(devs, rw, bs, qd)
+                    if k == "sg":
+                        peak = max(peak, tp.peak)
+                    if k in pids:
+                        used = cpu_seconds(pids[k]) - c0
+                        cpu[k].append(used / max(r["ios"], 1) * 100_000)
+                    runs[k].append(r)
+            if split:
+                set_sg_config(a.tcmu_sg, f"sg/{sg_backing()}")
+            row = {"latency": lat, "job": name, "sg_threads_peak": peak}
+            for k, rs in runs.items():
+                row[k] = median_run(rs)
+                row[k]["iops_runs"] = [round(r["iops"], 1) for r in rs]
+            for k, c in cpu.items():
+                row[k]["cpu_s_per_100k_io"] = statistics.median(c)
+            results.append(row)
+            print(f"{lat:6s} {name:22s} sg {row['sg']['iops']:8.1f}  pscsi {row['pscsi']['iops']:8.1f}  "
+                  f"qcow {row['qcow']['iops']:8.1f}  sg/pscsi {row['sg']['iops'] / row['pscsi']['iops']:.2f}  "
+                  f"threads {peak}", flush=True)
+    # 8 devices at once, 4 ms.
+    set_latency("delay", 1)
+    agg = {"sg": [], "pscsi": []}
+    agg_peak = 0
+    for _ in range(RUNS):
+        for k, devs in (("sg", a.agg_sg.split(",")), ("pscsi", a.agg_pscsi.split(","))):
+            with ThreadPeak(a.sg_pid) as tp:
+                agg[k].append(fio(devs, "randread", "4k", 32))
+            if k == "sg":
+                agg_peak = max(agg_peak, tp.peak)
+    aggregate = {"job": f"{len(a.agg_sg.split(','))} devices, 4k randread QD32 each, 4 ms",
+                 "sg_threads_peak": agg_peak}
+    for k, rs in agg.items():
+        aggregate[k] = median_run(rs)
+        aggregate[k]["iops_runs"] = [round(r["iops"], 1) for r in rs]
+    print(f"aggregate: sg {aggregate['sg']['iops']:.1f} pscsi {aggregate['pscsi']['iops']:.1f} "
+          f"ratio {aggregate['sg']['iops'] / aggregate['pscsi']['iops']:.2f} threads {agg_peak}",
+          flush=True)
+    set_latency("delay", 0)
     info = {
         "kernel": os.uname().release,
         "date": time.strftime("%Y-%m-%d"),
         "runs": RUNS,
         "runtime_s": RUNTIME,
+        "latencies": [lat for lat, _, _ in LATENCIES],
         "jobs": results,
+        "aggregate": aggregate,
     }
     with open(a.out, "w") as f:
         json.dump(info, f, indent=1)
 
 
+def set_sg_config(binary, cfg):
+    subprocess.run([binary, "set-config", "--name", "b0", cfg], check=True)
+    time.sleep(1.5)
+
+
 _backing = {}
 
 
-def sg_backing(lun):
-    """The backing device of the tcmu-sg LUN, from its uio name."""
+def sg_backing():
+    """The backing device of the tcmu-sg LUN b0, from its uio name."""
     if "b" not in _backing:
         for u in os.listdir("/sys/class/uio"):
             name = open(f"/sys/class/uio/{u}/name").read().strip()

@@ -7,37 +7,58 @@ import json
 import os
 import sys
 
+COLORS = ["#3366cc", "#dc3912", "#999999"]
+
 
 def ratio(a, b):
     return a / b if b else float("nan")
 
 
-def svg_chart(jobs, path):
-    w_label, bar_h, gap = 190, 9, 8
-    scale = 300  # pixels per 1.0
-    max_r = max(max(ratio(j["sg"]["iops"], j["pscsi"]["iops"]), ratio(j["sg"]["iops"], j["qcow"]["iops"]))
-                for j in jobs)
-    max_r = max(2.0, min(max_r, 6.0))
-    width = w_label + int(scale * max_r) + 60
-    height = 40 + len(jobs) * (2 * bar_h + gap) + 30
+def by_latency(d):
+    """{job name: {latency: row}}, jobs in their order."""
+    out = {}
+    for j in d["jobs"]:
+        out.setdefault(j["job"], {})[j["latency"]] = j
+    return out
+
+
+def svg_chart(d, path):
+    lats = d["latencies"]
+    jobs = by_latency(d)
+    w_label, bar_h, gap = 170, 8, 9
+    scale = 250  # pixels per 1.0
+    max_r = max(ratio(r["sg"]["iops"], r["pscsi"]["iops"]) for rows in jobs.values()
+                for r in rows.values())
+    max_r = max(1.5, min(max_r, 4.0))
+    width = w_label + int(scale * max_r) + 50
+    height = 50 + len(jobs) * (len(lats) * bar_h + gap) + 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="10" y="16" font-size="13">tcmu-sg IOPS ratio, same VM run '
-           f'(blue: / LIO pscsi, orange: / tcmu-runner qcow)</text>']
-    y = 30
-    for j in jobs:
-        r1 = ratio(j["sg"]["iops"], j["pscsi"]["iops"])
-        r2 = ratio(j["sg"]["iops"], j["qcow"]["iops"])
-        out.append(f'<text x="{w_label - 6}" y="{y + bar_h + 3}" text-anchor="end">{j["job"]}</text>')
-        for k, (r, color) in enumerate(((r1, "#3366cc"), (r2, "#ff9900"))):
+           '<text x="10" y="16" font-size="13">tcmu-sg IOPS / LIO pscsi IOPS, same VM run, '
+           'by backing-device latency</text>']
+    for k, lat in enumerate(lats):
+        x = 10 + 110 * k
+        out.append(f'<rect x="{x}" y="24" width="10" height="10" fill="{COLORS[k]}"/>')
+        out.append(f'<text x="{x + 14}" y="33">{lat}</text>')
+    y = 44
+    for name, rows in jobs.items():
+        out.append(f'<text x="{w_label - 6}" y="{y + len(lats) * bar_h / 2 + 4}" '
+                   f'text-anchor="end">{name}</text>')
+        for k, lat in enumerate(lats):
+            r = rows.get(lat)
+            if not r:
+                continue
+            v = ratio(r["sg"]["iops"], r["pscsi"]["iops"])
             by = y + k * bar_h
-            bw = max(1, int(scale * min(r, max_r)))
-            out.append(f'<rect x="{w_label}" y="{by}" width="{bw}" height="{bar_h - 1}" fill="{color}"/>')
-            out.append(f'<text x="{w_label + bw + 4}" y="{by + bar_h - 1}">{r:.2f}</text>')
-        y += 2 * bar_h + gap
+            bw = max(1, int(scale * min(v, max_r)))
+            out.append(f'<rect x="{w_label}" y="{by}" width="{bw}" height="{bar_h - 1}" '
+                       f'fill="{COLORS[k]}"/>')
+            out.append(f'<text x="{w_label + bw + 4}" y="{by + bar_h - 1}" font-size="9">'
+                       f'{v:.2f}</text>')
+        y += len(lats) * bar_h + gap
     x1 = w_label + scale
-    out.append(f'<line x1="{x1}" y1="26" x2="{x1}" y2="{y}" stroke="black" stroke-dasharray="4,3"/>')
+    out.append(f'<line x1="{x1}" y1="40" x2="{x1}" y2="{y}" stroke="black" stroke-dasharray="4,3"/>')
     out.append(f'<text x="{x1}" y="{y + 14}" text-anchor="middle">1.0</text>')
     out.append("</svg>")
     with open(path, "w") as f:
@@ -47,8 +68,9 @@ def svg_chart(jobs, path):
 def main():
     src, md, svg = sys.argv[1:4]
     d = json.load(open(src))
-    jobs = d["jobs"]
-    svg_chart(jobs, svg)
+    lats = d["latencies"]
+    jobs = by_latency(d)
+    svg_chart(d, svg)
     lines = [
         "# Performance",
         "",
@@ -60,42 +82,82 @@ def main():
         "latencies mean nothing outside this run. Only the ratios between LUNs "
         "measured in the same run carry information.**",
         "",
-        "LUNs, all through tcm_loop: **sg** = tcmu-sg over a scsi_debug disk; "
-        "**pscsi** = LIO's in-kernel passthrough over a second scsi_debug disk of "
-        "the same geometry; **qcow** = tcmu-runner's user:qcow over a preallocated "
-        "qcow2 image on tmpfs. scsi_debug runs with delay=0. fio: libaio, direct=1.",
+        "LUNs, all through tcm_loop, all over disks of one scsi_debug host: "
+        "**sg** = tcmu-sg; **pscsi** = LIO's in-kernel passthrough; **qcow** = "
+        "tcmu-runner's user:qcow over a qcow2 image (metadata preallocated) on a "
+        "scsi_debug disk. fio: libaio, direct=1. Every job runs at three "
+        "backing-device latencies, set at run time on scsi_debug: **4 ms** "
+        "(`delay=1`, one jiffy, a spinning disk or a busy array), **100 us** "
+        "(`ndelay=100000`, an SSD behind a SAN) and **inline** (`delay=0`: "
+        "the device answers in the submitter's context, which measures the "
+        "handler's own cost but hides whether commands overlap).",
         "",
-        "Latency columns: mean total latency / 99th percentile completion latency (fio lat / clat), us.",
+        "## tcmu-sg / pscsi and tcmu-sg / qcow (IOPS ratios)",
         "",
-        "| job | sg IOPS | sg MB/s | sg lat mean/p99 us | pscsi IOPS | pscsi lat mean/p99 us "
-        "| qcow IOPS | sg / pscsi | sg / qcow | tcmu-sg CPU s / 100k I/O | tcmu-runner CPU s / 100k I/O |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| job | " + " | ".join(f"/ pscsi {lat}" for lat in lats) + " | "
+        + " | ".join(f"/ qcow {lat}" for lat in lats) + " |",
+        "|---|" + "---:|" * (2 * len(lats)),
     ]
-    for j in jobs:
-        s, p, q = j["sg"], j["pscsi"], j["qcow"]
-        lines.append(
-            f"| {j['job']} | {s['iops']:.0f} | {s['mbps']:.1f} | {s['lat_mean_us']:.0f} / {s['lat_p99_us']:.0f} "
-            f"| {p['iops']:.0f} | {p['lat_mean_us']:.0f} / {p['lat_p99_us']:.0f} | {q['iops']:.0f} "
-            f"| **{ratio(s['iops'], p['iops']):.2f}** | {ratio(s['iops'], q['iops']):.2f} "
-            f"| {s.get('cpu_s_per_100k_io', 0):.1f} | {q.get('cpu_s_per_100k_io', 0):.1f} |")
+    for name, rows in jobs.items():
+        cells = []
+        for other in ("pscsi", "qcow"):
+            for lat in lats:
+                r = rows.get(lat)
+                cells.append(f"{ratio(r['sg']['iops'], r[other]['iops']):.2f}" if r else "-")
+        cells = [f"**{c}**" if i < len(lats) else c for i, c in enumerate(cells)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    agg = d.get("aggregate")
+    if agg:
+        s, p = agg["sg"], agg["pscsi"]
+        lines += [
+            "",
+            f"**{agg['job']}**: tcmu-sg {s['iops']:.0f} IOPS (lat mean {s['lat_mean_us']:.0f} us, "
+            f"p99 {s['lat_p99_us']:.0f} us), pscsi {p['iops']:.0f} IOPS (lat mean "
+            f"{p['lat_mean_us']:.0f} us, p99 {p['lat_p99_us']:.0f} us): "
+            f"**{ratio(s['iops'], p['iops']):.2f}**; the daemon peaked at "
+            f"{agg['sg_threads_peak']} threads. Runs: sg {s['iops_runs']}, pscsi {p['iops_runs']}.",
+        ]
+    lines += ["", "![ratios](performance.svg)", ""]
+    for lat in lats:
+        lines += [
+            f"## {lat}",
+            "",
+            "Latency: mean total latency / 99th percentile completion latency (fio lat / clat), us. "
+            "Threads: the daemon's peak thread count during the tcmu-sg runs.",
+            "",
+            "| job | sg IOPS | sg MB/s | sg lat mean/p99 | pscsi IOPS | pscsi lat mean/p99 "
+            "| qcow IOPS | sg / pscsi | sg / qcow | sg CPU s / 100k I/O | runner CPU s / 100k I/O | threads |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, rows in jobs.items():
+            j = rows.get(lat)
+            if not j:
+                continue
+            s, p, q = j["sg"], j["pscsi"], j["qcow"]
+            lines.append(
+                f"| {name} | {s['iops']:.0f} | {s['mbps']:.1f} | {s['lat_mean_us']:.0f} / {s['lat_p99_us']:.0f} "
+                f"| {p['iops']:.0f} | {p['lat_mean_us']:.0f} / {p['lat_p99_us']:.0f} | {q['iops']:.0f} "
+                f"| **{ratio(s['iops'], p['iops']):.2f}** | {ratio(s['iops'], q['iops']):.2f} "
+                f"| {s.get('cpu_s_per_100k_io', 0):.1f} | {q.get('cpu_s_per_100k_io', 0):.1f} "
+                f"| {j.get('sg_threads_peak', '-')} |")
+        lines.append("")
     rss = d.get("rss_kib")
     if rss:
         lines += [
+            "## Memory and threads, idle",
             "",
             "Daemon memory (KiB, /proc/PID/status; Rings = the resident part of "
             "the /dev/uioN ring mappings, from /proc/PID/smaps, counted in RssFile; "
-            "the target counts VmRSS without them):",
+            "the target counts VmRSS without them), sampled after idle followers retired:",
             "",
-            "| devices | VmRSS | without rings | rings | RssAnon | RssFile | RssShmem |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| devices | threads | VmRSS | without rings | rings | RssAnon | RssFile | RssShmem |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for n in ("1", "16"):
             r = rss[n]
-            lines.append(f"| {n} | {r['VmRSS']} | **{r.get('WithoutRings', '-')}** | {r.get('Rings', '-')} "
-                         f"| {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
+            lines.append(f"| {n} | {r.get('Threads', '-')} | {r['VmRSS']} | **{r.get('WithoutRings', '-')}** "
+                         f"| {r.get('Rings', '-')} | {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
         lines.append("")
-        lines.append(f"With 16 devices the daemon had {rss['threads_at_16']} threads.")
-    lines += ["", "![ratios](performance.svg)", ""]
     notes = os.path.join(os.path.dirname(md), "performance-notes.md")
     if os.path.exists(notes):
         lines += [open(notes).read()]
