@@ -104,6 +104,19 @@ pub fn poll_in(fds: &[RawFd], timeout_ms: i32, revents: &mut [i16]) -> io::Resul
     Ok(())
 }
 
+/// Voluntary context switches of the calling thread so far (it slept that
+/// many times).
+pub fn voluntary_switches() -> u64 {
+    // SAFETY: rusage is plain data; an all-zero value is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the live value we pass.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    if rc != 0 {
+        return 0;
+    }
+    ru.ru_nvcsw as u64
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {

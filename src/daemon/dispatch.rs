@@ -46,6 +46,11 @@ pub trait Work: Send + Sync + Sized + 'static {
     /// Called when the last running item of a busy spell finished (no
     /// lock held).
     fn quiet(&self) {}
+    /// A bound the work sets on items in flight, besides the crew's cap
+    /// (e.g. from what it measures).
+    fn limit(&self) -> usize {
+        usize::MAX
+    }
     /// For logs.
     fn label(&self) -> &str;
 }
@@ -182,9 +187,15 @@ impl<W: Work> Crew<W> {
         &self.work
     }
 
-    /// The most threads (so commands in flight) this crew may have.
+    /// The most items in flight this crew is configured for.
     pub fn cap(&self) -> usize {
         self.cap.load(Ordering::Relaxed)
+    }
+
+    /// The most items in flight now: the cap, lowered by the work's own
+    /// limit.
+    fn effective_cap(&self) -> usize {
+        self.cap().min(self.work.limit()).max(1)
     }
 
     pub fn set_cap(&self, cap: usize) {
@@ -252,7 +263,7 @@ impl<W: Work> Crew<W> {
     fn arrange(self: &Arc<Self>, st: &mut State<W::Item>) {
         // Items beyond the cap wait for a running one to finish; the lead
         // is wanted while a slot stays free.
-        let free = self.cap().saturating_sub(st.running);
+        let free = self.effective_cap().saturating_sub(st.running);
         let lead = !st.leader && !st.exit && st.queue.len() < free;
         let want = st.queue.len().min(free) + usize::from(lead);
         let mut need = want.saturating_sub(st.coming);
@@ -262,7 +273,7 @@ impl<W: Work> Crew<W> {
             t.unpark();
             need -= 1;
         }
-        while need > 0 && st.threads < self.cap() {
+        while need > 0 && st.threads < self.effective_cap() {
             if !self.budget.try_take() {
                 if !st.held_back {
                     log::warn!(
@@ -301,7 +312,7 @@ impl<W: Work> Crew<W> {
         let mut st = self.lock();
         st.coming -= 1;
         'work: loop {
-            let free = st.running < self.cap();
+            let free = st.running < self.effective_cap();
             if free && !st.queue.is_empty() {
                 let item = st.queue.pop_front().expect("not empty");
                 st.running += 1;
