@@ -72,9 +72,25 @@ fn number(
     Ok(n)
 }
 
+/// Values for the options a config string leaves unset (the daemon's
+/// settings file, `[defaults]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptionDefaults {
+    /// SG_IO timeout in seconds (`DEFAULT_TIMEOUT_S` when unset).
+    pub timeout_s: Option<u32>,
+    pub max_xfer_kb: Option<u32>,
+    pub max_inflight: Option<u32>,
+}
+
 /// Parses a config string. A leading `sg/` is expected (as in the uio name
 /// and in targetcli's CheckConfig); a bare `/dev/...` is accepted too.
 pub fn parse(cfg: &str) -> Result<DevConfig, ConfigError> {
+    parse_with(cfg, &OptionDefaults::default())
+}
+
+/// As `parse`, with `d` for the options the string does not set.
+pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigError> {
     if cfg.is_empty() {
         return Err(ConfigError::Empty);
     }
@@ -99,9 +115,9 @@ pub fn parse(cfg: &str) -> Result<DevConfig, ConfigError> {
     }
     let mut c = DevConfig {
         path: PathBuf::from(path),
-        max_xfer_kb: None,
-        timeout_s: DEFAULT_TIMEOUT_S,
-        max_inflight: None,
+        max_xfer_kb: d.max_xfer_kb,
+        timeout_s: d.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S),
+        max_inflight: d.max_inflight,
     };
     let mut seen = Vec::new();
     for opt in parts {
@@ -147,6 +163,22 @@ mod tests {
             Some(4)
         );
         assert_eq!(parse("/dev/sg3").unwrap().path, PathBuf::from("/dev/sg3"));
+    }
+
+    #[test]
+    fn defaults_fill_what_the_string_leaves_unset() {
+        let d = OptionDefaults {
+            timeout_s: Some(7),
+            max_xfer_kb: Some(256),
+            max_inflight: None,
+        };
+        let c = parse_with("sg//dev/sdb;timeout_s=3", &d).unwrap();
+        assert_eq!(
+            (c.timeout_s, c.max_xfer_kb, c.max_inflight),
+            (3, Some(256), None)
+        );
+        let c = parse_with("sg//dev/sdb", &OptionDefaults::default()).unwrap();
+        assert_eq!(c.timeout_s, DEFAULT_TIMEOUT_S);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum CmdError {
     /// The device has no usable backing device.
     #[error("device not ready: {0}")]
     NotReady(String),
+    /// The backing device went away and is being opened again.
+    #[error("backing device lost: {0}")]
+    Lost(String),
 }
 
 impl CmdError {
@@ -42,6 +45,7 @@ impl CmdError {
             CmdError::Bidirectional => code::INVALID_OPCODE,
             CmdError::ProtectedSplit(_) | CmdError::Dif => code::INVALID_FIELD,
             CmdError::NotReady(_) => code::NOT_READY_MANUAL_INTERVENTION,
+            CmdError::Lost(_) => code::LUN_NOT_RESPONDING,
         }
     }
 
@@ -79,6 +83,7 @@ mod tests {
             CmdError::ProtectedSplit(1),
             CmdError::Dif,
             CmdError::NotReady("x".into()),
+            CmdError::Lost("x".into()),
         ];
         for e in errs {
             let o = e.outcome();
@@ -90,5 +95,9 @@ mod tests {
             code::INVALID_FIELD
         );
         assert_eq!(CmdError::NotReady("x".into()).sense_code().key, 0x2);
+        assert_eq!(
+            CmdError::Lost("x".into()).sense_code(),
+            code::LUN_NOT_RESPONDING
+        );
     }
 }

@@ -18,7 +18,9 @@ pub mod error;
 pub mod export;
 pub mod inspect;
 pub mod passthrough;
+pub mod settings;
 pub mod stats;
+pub mod status;
 pub mod sys;
 
 pub mod scsi {

@@ -1,7 +1,10 @@
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use tcmu_sg::settings::{self, LogTarget, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -18,10 +21,17 @@ struct Cli {
 enum Cmd {
     /// Run the daemon in the foreground.
     Run {
-        /// error, warn, info, debug or trace.
-        #[arg(long, default_value = "info")]
-        log_level: log::LevelFilter,
-        /// Log to syslog (daemon facility) instead of stderr.
+        /// The settings file (TOML); command-line options override it.
+        #[arg(long, default_value = tcmu_sg::settings::DEFAULT_PATH)]
+        config: PathBuf,
+        /// error, warn, info, debug or trace (default: the settings file's,
+        /// else info).
+        #[arg(long)]
+        log_level: Option<log::LevelFilter>,
+        /// stderr, syslog or journald (stderr with priority prefixes).
+        #[arg(long)]
+        log_target: Option<String>,
+        /// Log to syslog (daemon facility): --log-target syslog.
         #[arg(long)]
         syslog: bool,
         /// The most SG_IO threads of all devices together (default 1024;
@@ -33,17 +43,48 @@ enum Cmd {
         no_dbus: bool,
         /// After serving commands, keep checking each ring this many
         /// microseconds before sleeping (lower latency, more CPU). 0: off.
-        #[arg(long, default_value_t = 0)]
-        poll_us: u64,
+        #[arg(long)]
+        poll_us: Option<u64>,
         /// Complete commands in ring order even where the kernel accepts
         /// out-of-order completion (a slow command then holds back the
         /// completions behind it; for comparison).
         #[arg(long)]
         in_order: bool,
+        /// The Unix socket `tcmu-sg status` asks (default: the settings
+        /// file's, else /run/tcmu-sg/status.sock).
+        #[arg(long)]
+        status_socket: Option<PathBuf>,
     },
+    /// Show what the running daemon is doing: one row per device (uio,
+    /// LIO name, backing device, state, in flight, IOPS, MB/s, latency,
+    /// errors).
+    Status {
+        /// The daemon's report as JSON.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// The Prometheus text exposition (for node_exporter's textfile
+        /// collector).
+        #[arg(long)]
+        prometheus: bool,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = tcmu_sg::status::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Write the man pages (tcmu-sg.8 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    GenMan { dir: PathBuf },
+    /// Print a shell completion script (bash, zsh, fish).
+    #[command(hide = true)]
+    GenCompletions { shell: clap_complete::Shell },
     /// Check a config string
     /// (sg/<device>[;max_xfer_kb=N][;timeout_s=N][;max_inflight=N]).
-    CheckConfig { cfgstring: String },
+    CheckConfig {
+        /// Taken as raw bytes, so that non-UTF-8 input gets our own
+        /// one-line answer.
+        cfgstring: std::ffi::OsString,
+    },
     /// Create a user:sg backstore over BACKING and export it through tcm_loop
     /// (the daemon must be running); prints the initiator's block device.
     Export {
@@ -107,38 +148,92 @@ enum Cmd {
     },
 }
 
-struct StderrLogger;
+/// Logs to stderr: `tcmu-sg[LEVEL]: message`, or with journald's
+/// `<priority>` prefixes.
+struct StderrLogger {
+    journald: AtomicBool,
+}
 
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
         m.level() <= log::max_level()
     }
     fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let _ = writeln!(std::io::stderr(), "tcmu-sg[{}]: {}", r.level(), r.args());
+        if !self.enabled(r.metadata()) {
+            return;
         }
+        let mut e = std::io::stderr().lock();
+        let _ = if self.journald.load(Ordering::Relaxed) {
+            let prio = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(e, "<{prio}>{}", r.args())
+        } else {
+            writeln!(e, "tcmu-sg[{}]: {}", r.level(), r.args())
+        };
     }
     fn flush(&self) {}
 }
 
-static STDERR_LOGGER: StderrLogger = StderrLogger;
+static STDERR_LOGGER: StderrLogger = StderrLogger {
+    journald: AtomicBool::new(false),
+};
 
-fn init_logging(level: log::LevelFilter, use_syslog: bool) -> Result<(), String> {
-    if use_syslog {
-        let f = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
-            process: "tcmu-sg".into(),
-            pid: std::process::id(),
-        };
-        let logger = syslog::unix(f).map_err(|e| format!("syslog: {e}"))?;
-        log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger)))
-            .map_err(|e| e.to_string())?;
-    } else {
-        log::set_logger(&STDERR_LOGGER).map_err(|e| e.to_string())?;
+fn init_logging(level: log::LevelFilter, target: LogTarget) -> Result<(), String> {
+    match target {
+        LogTarget::Syslog => {
+            let f = syslog::Formatter3164 {
+                facility: syslog::Facility::LOG_DAEMON,
+                hostname: None,
+                process: "tcmu-sg".into(),
+                pid: std::process::id(),
+            };
+            let logger = syslog::unix(f).map_err(|e| format!("syslog: {e}"))?;
+            log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger)))
+                .map_err(|e| e.to_string())?;
+        }
+        LogTarget::Journald | LogTarget::Stderr => {
+            STDERR_LOGGER
+                .journald
+                .store(target == LogTarget::Journald, Ordering::Relaxed);
+            log::set_logger(&STDERR_LOGGER).map_err(|e| e.to_string())?;
+        }
     }
     log::set_max_level(level);
     Ok(())
+}
+
+/// `tcmu-sg status`: one report, or one per second with --watch.
+fn status(json: bool, prometheus: bool, watch: bool, socket: &std::path::Path) -> ExitCode {
+    loop {
+        let r = match tcmu_sg::status::fetch(socket) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tcmu-sg status: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let text = if json {
+            serde_json::to_string_pretty(&r).expect("a report serializes") + "\n"
+        } else if prometheus {
+            tcmu_sg::status::prometheus(&r)
+        } else {
+            tcmu_sg::status::table(&r)
+        };
+        if watch {
+            // Clear the screen and home the cursor.
+            print!("\x1b[2J\x1b[H");
+        }
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+        if !watch {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 /// The local open-iscsi initiator name, if configured.
@@ -152,7 +247,11 @@ fn local_initiator_name() -> Option<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { cfgstring } => match tcmu_sg::sg::backing::check_config(&cfgstring) {
+        Cmd::CheckConfig { cfgstring } => match cfgstring
+            .into_string()
+            .map_err(|_| tcmu_sg::config::ConfigError::BadChar.to_string())
+            .and_then(|s| tcmu_sg::sg::backing::check_config(&s))
+        {
             Ok(desc) => {
                 println!("{desc}");
                 ExitCode::SUCCESS
@@ -250,15 +349,91 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Status {
+            json,
+            prometheus,
+            watch,
+            socket,
+        } => status(json, prometheus, watch, &socket),
+        Cmd::GenMan { dir } => {
+            let write = |cmd: clap::Command, name: &str| -> std::io::Result<()> {
+                let mut f = std::fs::File::create(dir.join(format!("{name}.8")))?;
+                clap_mangen::Man::new(cmd).section("8").render(&mut f)
+            };
+            let cli = Cli::command();
+            let mut r = std::fs::create_dir_all(&dir).and_then(|_| write(cli.clone(), "tcmu-sg"));
+            for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+                let name = format!("tcmu-sg-{}", sub.get_name());
+                r = r.and_then(|_| write(sub.clone().name(name.clone()), &name));
+            }
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tcmu-sg gen-man: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::GenCompletions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tcmu-sg",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Cmd::Run {
+            config,
             log_level,
+            log_target,
             syslog,
             max_threads,
             no_dbus,
             poll_us,
             in_order,
+            status_socket,
         } => {
-            if let Err(e) = init_logging(log_level, syslog) {
+            // The file at the default path may be absent; one named on the
+            // command line must exist.
+            let required = config != std::path::Path::new(settings::DEFAULT_PATH);
+            let file = match settings::load(&config, required) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tcmu-sg: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // Command-line options override the file, now and at reloads.
+            let apply_cli = move |mut s: Settings| -> Result<Settings, String> {
+                if let Some(l) = log_level {
+                    s.log.level = l.to_string().to_lowercase();
+                }
+                if syslog {
+                    s.log.target = "syslog".into();
+                }
+                if let Some(t) = &log_target {
+                    s.log.target = t.clone();
+                }
+                if let Some(n) = max_threads {
+                    s.io.max_threads = n;
+                }
+                if let Some(p) = poll_us {
+                    s.io.poll_us = p;
+                }
+                if let Some(p) = &status_socket {
+                    s.status.socket = p.clone();
+                }
+                settings::parse(&toml_of(&s)).map_err(|e| format!("command line: {e}"))
+            };
+            let s = match apply_cli(file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tcmu-sg: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = init_logging(s.log_level(), s.log_target()) {
                 eprintln!("tcmu-sg: {e}");
                 return ExitCode::from(2);
             }
@@ -266,22 +441,55 @@ fn main() -> ExitCode {
                 log::error!("signals: {e}");
                 return ExitCode::from(2);
             }
-            let mut opts = tcmu_sg::daemon::Options {
+            let target = s.log.target.clone();
+            let reload_path = config.clone();
+            let reload: tcmu_sg::daemon::Reloader = Box::new(move || {
+                let n = settings::load(&reload_path, required).and_then(&apply_cli)?;
+                if n.log.target != target {
+                    log::warn!("log.target changes at the next start");
+                }
+                Ok(tcmu_sg::daemon::Reloaded {
+                    log_level: n.log_level(),
+                    max_threads: n.io.max_threads,
+                    defaults: n.defaults,
+                })
+            });
+            let opts = tcmu_sg::daemon::Options {
                 dbus: !no_dbus,
-                poll_spin: std::time::Duration::from_micros(poll_us.min(1_000_000)),
+                poll_spin: std::time::Duration::from_micros(s.io.poll_us),
                 in_order,
+                max_threads: s.io.max_threads,
+                defaults: s.defaults,
+                status_socket: Some(s.status.socket.clone()),
+                reload: Some(reload),
                 ..Default::default()
             };
-            if let Some(n) = max_threads {
-                opts.max_threads = n.clamp(1, 65536);
-            }
             log::info!(
-                "tcmu-sg {} starting (at most {} SG_IO threads)",
+                "tcmu-sg {} starting (settings {}; at most {} SG_IO threads)",
                 env!("CARGO_PKG_VERSION"),
+                config.display(),
                 opts.max_threads
             );
             tcmu_sg::daemon::Daemon::new(opts).run();
             ExitCode::SUCCESS
         }
     }
+}
+
+/// The TOML text of settings (to run command-line values through the same
+/// checks as the file's).
+fn toml_of(s: &Settings) -> String {
+    let opt = |k: &str, v: Option<u32>| v.map(|v| format!("{k} = {v}\n")).unwrap_or_default();
+    format!(
+        "[log]\nlevel = {:?}\ntarget = {:?}\n[io]\nmax_threads = {}\npoll_us = {}\n\
+         [defaults]\n{}{}{}[status]\nsocket = {:?}\n",
+        s.log.level,
+        s.log.target,
+        s.io.max_threads,
+        s.io.poll_us,
+        opt("timeout_s", s.defaults.timeout_s),
+        opt("max_xfer_kb", s.defaults.max_xfer_kb),
+        opt("max_inflight", s.defaults.max_inflight),
+        s.status.socket.display().to_string(),
+    )
 }

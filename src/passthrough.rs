@@ -118,6 +118,7 @@ mod tests {
             },
             bidi_iovs: vec![],
             dif_cnt: 0,
+            read_at: None,
         }
     }
 

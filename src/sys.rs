@@ -118,15 +118,20 @@ pub fn voluntary_switches() -> u64 {
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::SeqCst);
+    } else {
+        STOP.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Installs SIGTERM/SIGINT handlers that set a flag (`stop_requested`), and
-/// ignores SIGPIPE.
+/// Installs SIGTERM/SIGINT handlers that set a flag (`stop_requested`), a
+/// SIGHUP handler (`reload_requested`), and ignores SIGPIPE.
 pub fn install_stop_handlers() -> io::Result<()> {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction with a handler that only stores to an
         // atomic is async-signal-safe; sa_mask is emptied before use.
         unsafe {
@@ -145,4 +150,54 @@ pub fn install_stop_handlers() -> io::Result<()> {
 
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
+}
+
+/// True once after each SIGHUP.
+pub fn reload_requested() -> bool {
+    RELOAD.swap(false, Ordering::SeqCst)
+}
+
+/// Sends `msg` to systemd's notification socket (`$NOTIFY_SOCKET`, a path
+/// or an abstract name starting with '@'); false when there is none or
+/// the send failed. No libsystemd: the protocol is one datagram.
+pub fn notify(msg: &str) -> bool {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return false;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return false;
+    };
+    let bytes = path.as_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+        }
+        None => sock.send_to(msg.as_bytes(), &path),
+    };
+    sent.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_sends_one_datagram_to_the_socket_systemd_names() {
+        let dir = std::env::temp_dir().join(format!("tcmu-sg-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        assert!(notify("READY=1\nSTATUS=serving 3 devices"));
+        let mut buf = [0u8; 128];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving 3 devices");
+        std::env::remove_var("NOTIFY_SOCKET");
+        assert!(!notify("READY=1"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -8,8 +8,10 @@ use tcmu_sg::passthrough::{completion, execute, DeviceParams};
 use tcmu_sg::scsi::direction::{DeviceClass, Direction};
 use tcmu_sg::scsi::sense::{code, decode, status};
 use tcmu_sg::tcmu::abi::*;
-use tcmu_sg::tcmu::mock::{MockData, MockKernel};
-use tcmu_sg::tcmu::ring::{BadCommand, Completion, Entry, Ring, RingError};
+use tcmu_sg::tcmu::mock::{MockData, MockError, MockKernel};
+use tcmu_sg::tcmu::ring::{
+    attach, AttachError, BadCommand, Completion, Entry, Ring, RingActions, RingError,
+};
 
 const ALL: u16 = MAILBOX_FLAG_CAP_OOOC
     | MAILBOX_FLAG_CAP_READ_LEN
@@ -73,6 +75,7 @@ fn write_then_read_round_trips_through_the_data_area() {
 #[test]
 fn entries_are_laid_out_as_the_6_1_kernel_does() {
     let mut k = MockKernel::new(64 << 10, 16, ALL);
+    let mut ring = Ring::new(k.mapping()).unwrap();
     let q = k
         .queue_cmd(&[0x12, 0, 0, 0, 36, 0], MockData::In(36))
         .unwrap();
@@ -83,7 +86,6 @@ fn entries_are_laid_out_as_the_6_1_kernel_does() {
     assert_eq!(m.read_u32(q.entry_off + 8).unwrap(), 1);
     assert_eq!(m.read_u64(q.entry_off + 48).unwrap(), k.data_off());
     assert_eq!(m.read_u64(q.entry_off + 56).unwrap(), 36);
-    let mut ring = Ring::new(m.clone()).unwrap();
     match &ring.poll().unwrap()[0] {
         Entry::Cmd(c) => {
             assert_eq!(c.cdb, vec![0x12, 0, 0, 0, 36, 0]);
@@ -310,21 +312,20 @@ fn bad_iovec_offsets_get_check_condition_and_are_never_read() {
         m.write_u64(q.entry_off + REQ_IOV as u64, base).unwrap();
         m.write_u64(q.entry_off + REQ_IOV as u64 + 8, l).unwrap();
         // The ring reports the entry as bad ...
-        let mut probe = Ring::new(m.clone()).unwrap();
-        let entries = probe.poll().unwrap();
-        assert!(
-            matches!(
-                entries.last(),
-                Some(Entry::BadCmd {
-                    why: BadCommand::Iovec { .. },
-                    ..
-                })
-            ),
-            "{entries:?}"
-        );
-        drop(probe);
+        let entries = ring.poll().unwrap();
+        let [Entry::BadCmd {
+            cmd_id,
+            why: why @ BadCommand::Iovec { .. },
+        }] = &entries[..]
+        else {
+            panic!("{entries:?}");
+        };
         // ... and the handler completes it without reaching the device.
-        assert_eq!(serve(&mut k, &mut ring, &mut disk, &DEV), 1);
+        let o = tcmu_sg::error::CmdError::Ring(why.clone()).outcome();
+        ring.complete(completion(*cmd_id, Direction::None, 0, &o))
+            .unwrap();
+        ring.flush();
+        assert_eq!(k.handle_completions().unwrap(), 1);
         let c = k.completed.last().unwrap();
         assert_eq!(c.status, status::CHECK_CONDITION);
         assert_eq!(decode(&c.sense), Some(code::TARGET_FAILURE));
@@ -369,12 +370,15 @@ fn hostile_cdb_offsets_and_iov_counts_are_caught() {
 #[test]
 fn a_lying_entry_length_stops_the_walk() {
     let mut k = MockKernel::new(64 << 10, 64, ALL);
-    let q = k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
     let m = k.mapping();
     let mut ring = Ring::new(m.clone()).unwrap();
+    let q = k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
     m.write_u32(q.entry_off, OP_CMD).unwrap(); // length 0
     assert!(matches!(ring.poll(), Err(RingError::EntryLen { .. })));
+    let mut k = MockKernel::new(64 << 10, 64, ALL);
+    let m = k.mapping();
     let mut ring = Ring::new(m.clone()).unwrap();
+    let q = k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
     m.write_u32(q.entry_off, (1 << 20) | OP_CMD).unwrap(); // past head
     assert!(matches!(ring.poll(), Err(RingError::EntryLen { .. })));
     m.store_release_u32(MB_CMD_HEAD as u64, 3).unwrap();
@@ -384,10 +388,10 @@ fn a_lying_entry_length_stops_the_walk() {
 #[test]
 fn unknown_entry_opcodes_complete_with_unknown_op() {
     let mut k = MockKernel::new(64 << 10, 64, ALL);
-    let q = k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
     let m = k.mapping();
+    let mut ring = Ring::new(m.clone()).unwrap();
+    let q = k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
     m.write_u32(q.entry_off, q.entry_len as u32 | 5).unwrap();
-    let mut ring = Ring::new(m).unwrap();
     let mut disk = RamDisk::new(512, 8);
     assert_eq!(serve(&mut k, &mut ring, &mut disk, &DEV), 1);
     assert_ne!(k.completed[0].uflags & UFLAG_UNKNOWN_OP, 0);
@@ -417,26 +421,167 @@ fn tmr_entries_are_parsed_and_skipped() {
     assert!(!k.is_broken());
 }
 
-#[test]
-fn a_restarted_handler_reads_unacknowledged_commands_again() {
-    let mut k = MockKernel::new(64 << 10, 64, ALL);
-    let m = k.mapping();
-    let mut ring = Ring::new(m.clone()).unwrap();
-    for _ in 0..3 {
-        k.queue_cmd(&[0x00, 0, 0, 0, 0, 0], MockData::None).unwrap();
-    }
-    let ids = polled_ids(&mut ring);
-    ring.complete(Completion::good(ids[0])).unwrap();
+/// Queues three 4 KiB writes, runs only the third and completes it first
+/// (out of order), then the handler dies with the other two in flight.
+/// Returns the payloads.
+fn die_after_an_out_of_order_completion(
+    k: &mut MockKernel,
+    ring: &mut Ring,
+    disk: &mut RamDisk,
+) -> Vec<Vec<u8>> {
+    let payloads: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 4096]).collect();
+    let ids: Vec<u16> = (0..3)
+        .map(|i| {
+            k.queue_cmd(
+                &write10(8 * i, 8),
+                MockData::Out(payloads[i as usize].clone()),
+            )
+            .unwrap()
+            .cmd_id
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "the kernel hands out the lowest free ids");
+    let mut cmds: Vec<_> = ring
+        .poll()
+        .unwrap()
+        .into_iter()
+        .map(|e| match e {
+            Entry::Cmd(c) => c,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let third = cmds.pop().unwrap();
+    let mut scratch = Scratch::default();
+    let map = k.mapping();
+    let mut ctx = (&mut *disk, &*map);
+    let (dir, o) = execute(&third, &DEV, &mut scratch, &mut ctx, RamDisk::io);
+    ring.complete(completion(third.cmd_id, dir, third.data_len(), &o))
+        .unwrap();
     ring.flush();
     assert_eq!(k.handle_completions().unwrap(), 1);
-    drop(ring); // the daemon dies with two commands in flight
-    let mut ring = Ring::new(m).unwrap();
-    assert_eq!(polled_ids(&mut ring), ids[1..].to_vec());
-    for id in &ids[1..] {
-        ring.complete(Completion::good(*id)).unwrap();
+    // With out-of-order completion the third's response went into the
+    // first command's slot; the slots of 2 and 3 stay between tail and
+    // head, and 3 is complete.
+    payloads
+}
+
+/// The restart bug: entries between cmd_tail and cmd_head can be commands
+/// already completed, so a new handler must not read them. `Ring::new`
+/// refuses such a ring (the handler before this fix read [2, 3] here and ran
+/// the completed write 3 a second time).
+#[test]
+fn a_ring_with_entries_a_previous_handler_left_is_not_read() {
+    let mut k = MockKernel::new(64 << 10, 64, ALL);
+    let mut disk = RamDisk::new(512, 64);
+    let mut ring = Ring::new(k.mapping()).unwrap();
+    die_after_an_out_of_order_completion(&mut k, &mut ring, &mut disk);
+    drop(ring);
+    assert!(matches!(
+        Ring::new(k.mapping()),
+        Err(RingError::Stale { .. })
+    ));
+}
+
+/// A restart after out-of-order completion replays nothing: attaching
+/// resets the ring (the kernel completes the commands still in flight with
+/// BUSY, for the initiator to retry), and the kernel's ids, handed out
+/// again from the lowest, reach the right commands.
+#[test]
+fn a_restart_after_out_of_order_completion_replays_nothing() {
+    let mut k = MockKernel::new(64 << 10, 64, ALL);
+    let mut disk = RamDisk::new(512, 64);
+    let mut ring = attach(k.mapping(), &mut k).unwrap();
+    let payloads = die_after_an_out_of_order_completion(&mut k, &mut ring, &mut disk);
+    drop(ring); // the daemon dies
+    let cdbs_before = disk.cdbs.len();
+    let mut ring = attach(k.mapping(), &mut k).unwrap();
+    assert_eq!(ring.poll().unwrap(), vec![], "nothing is read again");
+    let done: Vec<(u16, u8)> = k.completed.iter().map(|c| (c.cmd_id, c.status)).collect();
+    assert_eq!(
+        done,
+        vec![(3, 0x00), (1, 0x08), (2, 0x08)],
+        "3 GOOD once; 1 and 2 BUSY"
+    );
+    assert!(!k.is_broken());
+    assert_eq!(k.inflight(), 0);
+    // The initiator retries 1 and 2; they get ids 1 and 2 again and run
+    // once each, as themselves.
+    for i in 0..2u32 {
+        let q = k
+            .queue_cmd(
+                &write10(8 * i, 8),
+                MockData::Out(payloads[i as usize].clone()),
+            )
+            .unwrap();
+        assert_eq!(q.cmd_id, i as u16 + 1);
     }
-    ring.flush();
-    assert_eq!(k.handle_completions().unwrap(), 2);
+    assert_eq!(serve(&mut k, &mut ring, &mut disk, &DEV), 2);
+    assert_eq!(
+        disk.cdbs.len(),
+        cdbs_before + 2,
+        "each retried write ran once"
+    );
+    for (i, p) in payloads.iter().enumerate() {
+        assert_eq!(&disk.data[i * 4096..(i + 1) * 4096], &p[..]);
+    }
+    // A read reuses id 1 and gets its own data.
+    let q = k.queue_cmd(&read10(16, 8), MockData::In(4096)).unwrap();
+    assert_eq!(q.cmd_id, 1);
+    serve(&mut k, &mut ring, &mut disk, &DEV);
+    let c = k.completed.last().unwrap();
+    assert_eq!((c.cmd_id, c.status), (1, 0));
+    assert_eq!(c.data, payloads[2]);
+    assert!(!k.is_broken());
+}
+
+/// Commands that arrive while the device is blocked for the reset are
+/// refused (the kernel answers them BUSY); once attached, they are served.
+#[test]
+fn commands_during_attach_are_refused_then_served() {
+    struct Racing<'a>(&'a mut MockKernel, Option<MockError>);
+    impl RingActions for Racing<'_> {
+        fn block(&mut self, on: bool) -> Result<(), String> {
+            self.0.block(on)?;
+            if on {
+                // An initiator's command arrives while blocked.
+                self.1 = self.0.queue_cmd(&[0, 0, 0, 0, 0, 0], MockData::None).err();
+            }
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), String> {
+            self.0.reset()
+        }
+    }
+    let mut k = MockKernel::new(64 << 10, 64, ALL);
+    let m = k.mapping();
+    let mut r = Racing(&mut k, None);
+    let mut ring = attach(m, &mut r).unwrap();
+    assert_eq!(r.1, Some(MockError::Blocked));
+    let mut disk = RamDisk::new(512, 8);
+    k.queue_cmd(&[0, 0, 0, 0, 0, 0], MockData::None).unwrap();
+    assert_eq!(serve(&mut k, &mut ring, &mut disk, &DEV), 1);
+}
+
+/// A failed reset leaves nothing blocked and no ring to serve.
+#[test]
+fn attach_fails_cleanly_when_the_reset_fails() {
+    struct NoReset(bool);
+    impl RingActions for NoReset {
+        fn block(&mut self, on: bool) -> Result<(), String> {
+            self.0 = on;
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), String> {
+            Err("permission denied".into())
+        }
+    }
+    let k = MockKernel::new(64 << 10, 64, ALL);
+    let mut a = NoReset(false);
+    let Err(e) = attach(k.mapping(), &mut a) else {
+        panic!("attached without a reset");
+    };
+    assert!(matches!(e, AttachError::Action(_)), "{e}");
+    assert!(!a.0, "left unblocked");
 }
 
 #[test]

@@ -216,16 +216,16 @@ proptest! {
         head in 0u32..4096,
     ) {
         let mut k = MockKernel::new(8192, 16, MAILBOX_FLAG_CAP_OOOC);
+        let m = k.mapping();
+        let mut ring = Ring::new(m.clone()).unwrap();
         for _ in 0..5 {
             let _ = k.queue_cmd(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], MockData::In(512));
         }
-        let m = k.mapping();
         for (off, v) in writes {
             let off = (MAILBOX_SIZE + off) as u64 & !7;
             let _ = m.write_u64(off, v);
         }
         m.store_release_u32(MB_CMD_HEAD as u64, head & !7).unwrap();
-        let mut ring = Ring::new(m.clone()).unwrap();
         if let Ok(entries) = ring.poll() {
             for e in entries {
                 if let Entry::Cmd(c) = e {

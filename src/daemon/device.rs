@@ -8,19 +8,22 @@
 //! thread writes the completion into the ring, publishes `cmd_tail` and
 //! rings the doorbell.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::dispatch::{Crew, Lead, Work};
+use crate::config::OptionDefaults;
 use crate::dma::Scratch;
 use crate::doorbell::Doorbell;
 use crate::error::CmdError;
 use crate::passthrough::{self, completion};
 use crate::scsi::direction::Direction;
-use crate::sg::backing::{self, Backing};
+use crate::scsi::sense::{Outcome, SgResult};
+use crate::sg::backing::{self, Backing, Identity};
 use crate::sg::io::{sg_io, SgScratch};
-use crate::stats::DeviceStats;
+use crate::stats::{DeviceStats, Record};
+use crate::status::DeviceReport;
 use crate::sys::{self, EventFd};
 use crate::tcmu::ring::{CmdRequest, Completion, Entry, Ring};
 use crate::tcmu::uio::UioDevice;
@@ -28,22 +31,91 @@ use crate::tcmu::uio::UioDevice;
 /// Spent requests kept per device for reuse (enough for a full queue).
 const MAX_SPARE: usize = 256;
 
-/// The backing device of a device, or why it has none.
-pub type BackingSlot = Result<Arc<Backing>, String>;
+/// At most one line per this many ms about statuses that are not GOOD, at
+/// info level (debug shows every one).
+const STATUS_LOG_EVERY_MS: u64 = 10_000;
 
-/// Opens the backing device of a config string, or says why not.
-pub fn open_backing(cfg: &str) -> BackingSlot {
-    let c = crate::config::parse(cfg).map_err(|e| e.to_string())?;
-    let b = backing::open(&c).map_err(|e| e.to_string())?;
-    Ok(Arc::new(b))
+/// The opaque context the chunk walk hands to each SG_IO call, and what
+/// the calls leave in it.
+struct IoCtx<'a> {
+    fd: i32,
+    map: &'a crate::tcmu::mapping::Mapping,
+    timeout_ms: u32,
+    sg: &'a mut SgScratch,
+    /// Set when a call found the backing device gone.
+    gone: Option<&'static str>,
+    calls: u32,
+    transport_error: bool,
+}
+
+impl IoCtx<'_> {
+    fn io(&mut self, io: &crate::dma::ChunkIo<'_>) -> SgResult {
+        let r = sg_io(self.fd, self.map, io, self.timeout_ms, self.sg);
+        self.calls += 1;
+        if r.errno != 0 || r.host_status != 0 || r.driver_status & 0x0f != 0 {
+            self.transport_error = true;
+        }
+        if let Some(why) = r.device_gone() {
+            self.gone = Some(why);
+        }
+        r
+    }
+}
+
+/// The backing device of a device, or why it has none.
+pub enum BackingState {
+    /// Serving through this open device.
+    Up(Arc<Backing>),
+    /// The config cannot be served (a bad string, no such device): every
+    /// command gets NOT READY 04/03 until the config changes.
+    Bad(String),
+    /// It went away while serving; its path is opened again with back-off,
+    /// and commands get NOT READY 05/00 meanwhile.
+    Lost(Box<Lost>),
+}
+
+/// What is kept of a lost backing device: enough to open its path again
+/// and check what is found there, but not its file, so the kernel can
+/// give the returning disk its old name.
+pub struct Lost {
+    cfg: crate::config::DevConfig,
+    identity: Option<Identity>,
+    node: std::path::PathBuf,
+    vendor_model: String,
+    timeout_ms: u32,
+    max_inflight: usize,
+    why: String,
+    since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+    /// The last other unit found at the path (logged once).
+    refused: Option<Identity>,
+}
+
+/// Back-off between attempts to open a lost path again: from the first
+/// value, doubling, to the second (a path that returns is served again
+/// within that, plus the kernel's own scan).
+const REOPEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
+
+/// Opens the backing device of a config string (options it leaves unset
+/// from `defaults`), or says why not.
+pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
+    let opened = crate::config::parse_with(cfg, defaults)
+        .map_err(|e| e.to_string())
+        .and_then(|c| backing::open(&c).map_err(|e| e.to_string()));
+    match opened {
+        Ok(b) => BackingState::Up(Arc::new(b)),
+        Err(e) => BackingState::Bad(e),
+    }
 }
 
 /// How many commands may run at once on a device with this backing.
-pub fn cap_for(b: &BackingSlot) -> usize {
+pub fn cap_for(b: &BackingState) -> usize {
     match b {
-        Ok(b) => b.max_inflight(),
+        BackingState::Up(b) => b.max_inflight(),
+        BackingState::Lost(l) => l.max_inflight,
         // Every command is answered NOT READY at once: one thread does.
-        Err(_) => 1,
+        BackingState::Bad(_) => 1,
     }
 }
 
@@ -114,15 +186,28 @@ impl InlineMeter {
     }
 }
 
+/// Who a device is, for logs and reports.
+pub struct Names {
+    /// `uioN`.
+    pub uio: String,
+    /// `user_<hba>/<name>`.
+    pub name: String,
+    /// The config string.
+    pub cfg: String,
+}
+
 pub struct Device {
     label: String,
+    names: Mutex<Names>,
+    /// The daemon's defaults for options a config string leaves unset.
+    defaults: Arc<RwLock<OptionDefaults>>,
     uio: UioDevice,
     ring: Mutex<Ring>,
     /// Spent requests whose buffers the next ring read reuses.
     spare: Mutex<Vec<CmdRequest>>,
     /// Coalesces the uio writes that tell the kernel about completions.
     doorbell: Doorbell,
-    backing: Mutex<BackingSlot>,
+    backing: Mutex<BackingState>,
     /// Wakes the leader from its poll (stop, reconfiguration, quiet).
     wake: EventFd,
     stop: AtomicBool,
@@ -136,19 +221,30 @@ pub struct Device {
     poll_spin: Duration,
     inline: InlineMeter,
     cpus: usize,
+    /// When the crew attached to the ring, and whether a command has
+    /// completed since (the first is logged: the time a restart costs).
+    attached: Instant,
+    served: AtomicBool,
+    /// Rate limit of the info lines about statuses that are not GOOD (ms
+    /// since `attached`), and how many it held back.
+    status_log_next: AtomicU64,
+    status_log_quiet: AtomicU64,
     pub stats: DeviceStats,
 }
 
 impl Device {
     pub fn new(
-        label: String,
+        names: Names,
         uio: UioDevice,
         ring: Ring,
-        backing: BackingSlot,
+        backing: BackingState,
         poll_spin: Duration,
+        defaults: Arc<RwLock<OptionDefaults>>,
     ) -> std::io::Result<Device> {
         Ok(Device {
-            label,
+            label: format!("{} ({})", names.name, names.uio),
+            names: Mutex::new(names),
+            defaults,
             uio,
             ring: Mutex::new(ring),
             spare: Mutex::new(Vec::new()),
@@ -162,8 +258,75 @@ impl Device {
             poll_spin,
             inline: InlineMeter::default(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            attached: Instant::now(),
+            served: AtomicBool::new(false),
+            status_log_next: AtomicU64::new(0),
+            status_log_quiet: AtomicU64::new(0),
             stats: DeviceStats::default(),
         })
+    }
+
+    /// What `tcmu-sg status` shows of this device (without the interval
+    /// counters, which the status server adds).
+    pub fn report(&self, crew: &Crew<Self>) -> DeviceReport {
+        let n = self.names.lock().unwrap();
+        let mut r = DeviceReport {
+            uio: n.uio.clone(),
+            name: n.name.clone(),
+            config: n.cfg.clone(),
+            max_inflight: crew.cap().min(self.limit()),
+            threads: crew.threads(),
+            counters: self.stats.snapshot(),
+            ..DeviceReport::default()
+        };
+        drop(n);
+        let describe = |b: &Backing, r: &mut DeviceReport| {
+            r.backing = b.cfg.path.display().to_string();
+            r.node = b.info.node.display().to_string();
+            r.identity = format!(
+                "{} {}{}",
+                b.info.vendor,
+                b.info.model,
+                b.identity
+                    .as_ref()
+                    .map(|i| format!(" {i}"))
+                    .unwrap_or_default()
+            );
+        };
+        match &*self.backing.lock().unwrap() {
+            BackingState::Up(b) => {
+                describe(b, &mut r);
+                r.state = "serving".into();
+            }
+            BackingState::Bad(why) => {
+                r.state = "not ready".into();
+                r.state_detail = why.clone();
+            }
+            BackingState::Lost(l) => {
+                r.backing = l.cfg.path.display().to_string();
+                r.node = l.node.display().to_string();
+                r.identity = l.vendor_model.clone();
+                r.state = "re-opening".into();
+                r.state_detail = format!(
+                    "lost {:.0} s ago: {}",
+                    l.since.elapsed().as_secs_f64(),
+                    l.why
+                );
+            }
+        }
+        r
+    }
+
+    /// `uioN`.
+    pub fn report_uio(&self) -> String {
+        self.names.lock().unwrap().uio.clone()
+    }
+
+    /// N of `uioN` (for ordering).
+    pub fn uio_number(&self) -> u32 {
+        self.names.lock().unwrap().uio[3..]
+            .parse()
+            .unwrap_or(u32::MAX)
     }
 
     /// Asks the crew to finish every command it read and end.
@@ -176,6 +339,7 @@ impl Device {
     /// Asks the leader to reopen the backing device with `cfg` once no
     /// command runs.
     pub fn request_reconfig(&self, cfg: String) {
+        self.names.lock().unwrap().cfg = cfg.clone();
         *self.reconfig.lock().unwrap() = Some(cfg);
         self.paused.store(true, Ordering::SeqCst);
         self.wake.wake();
@@ -238,18 +402,31 @@ impl Device {
             return false;
         }
         let label = &self.label;
+        let now = Instant::now();
         for e in t.entries.drain(..) {
             match e {
-                Entry::Cmd(cmd) => out.push(cmd),
+                Entry::Cmd(mut cmd) => {
+                    cmd.read_at = Some(now);
+                    out.push(cmd);
+                }
                 Entry::BadCmd { cmd_id, why } => {
                     log::warn!("{label}: cmd {cmd_id}: {why}");
                     let o = CmdError::Ring(why).outcome();
                     t.done.push(completion(cmd_id, Direction::None, 0, &o));
+                    DeviceStats::count(&self.stats.done);
+                    self.stats.record(&Record {
+                        status: o.status,
+                        sense_key: o.sense[2] & 0x0f,
+                        ..Record::default()
+                    });
                 }
-                Entry::Tmr { tmr_type, cmd_ids } => log::info!(
-                    "{label}: task management {tmr_type:?} for commands {cmd_ids:?}; \
-                     they complete as the backing device answers"
-                ),
+                Entry::Tmr { tmr_type, cmd_ids } => {
+                    DeviceStats::count(&self.stats.tmr);
+                    log::info!(
+                        "{label}: task management {tmr_type:?} for commands {cmd_ids:?}; \
+                         they complete as the backing device answers"
+                    );
+                }
                 Entry::Unknown { cmd_id, op } => {
                     log::warn!("{label}: entry opcode {op} unknown; completing with UNKNOWN_OP");
                     let mut c = Completion::good(cmd_id);
@@ -270,13 +447,116 @@ impl Device {
     /// How long a stop waits for commands to finish: the SG_IO timeout
     /// and a grace.
     pub fn stop_grace(&self) -> Duration {
-        let tmo = self
-            .backing
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |b| b.timeout_ms);
+        let tmo = match &*self.backing.lock().unwrap() {
+            BackingState::Up(b) => b.timeout_ms,
+            BackingState::Lost(l) => l.timeout_ms,
+            BackingState::Bad(_) => 0,
+        };
         Duration::from_millis(tmo as u64) + Duration::from_secs(10)
+    }
+
+    /// The backing device to run a command on, or the error to answer.
+    fn current(&self) -> Result<Arc<Backing>, CmdError> {
+        match &*self.backing.lock().unwrap() {
+            BackingState::Up(b) => Ok(b.clone()),
+            BackingState::Bad(why) => Err(CmdError::NotReady(why.clone())),
+            BackingState::Lost(l) => Err(CmdError::Lost(l.why.clone())),
+        }
+    }
+
+    /// A command found `b` gone: unless it was replaced meanwhile, the
+    /// device answers NOT READY and its path is opened again.
+    fn lost(&self, b: &Arc<Backing>, why: &str) {
+        let mut st = self.backing.lock().unwrap();
+        if !matches!(&*st, BackingState::Up(cur) if Arc::ptr_eq(cur, b)) {
+            return;
+        }
+        log::error!(
+            "{}: backing device {} lost ({why}); answering NOT READY and opening {} \
+             again every {:?} or less",
+            self.label,
+            b.info.node.display(),
+            b.cfg.path.display(),
+            REOPEN_BACKOFF.1
+        );
+        let now = Instant::now();
+        *st = BackingState::Lost(Box::new(Lost {
+            cfg: b.cfg.clone(),
+            identity: b.identity.clone(),
+            node: b.info.node.clone(),
+            vendor_model: format!("{} {}", b.info.vendor, b.info.model),
+            timeout_ms: b.timeout_ms,
+            max_inflight: b.max_inflight(),
+            why: format!("{} {why}", b.info.node.display()),
+            since: now,
+            next_try: now + REOPEN_BACKOFF.0,
+            backoff: REOPEN_BACKOFF.0,
+            refused: None,
+        }));
+        DeviceStats::count(&self.stats.lost);
+        drop(st);
+        // The leader's poll timeout follows the back-off.
+        self.wake.wake();
+    }
+
+    /// For a lost backing device: opens its path again when due, and
+    /// serves it if it is the same logical unit. Returns how long until
+    /// the next attempt (None: nothing to do).
+    fn reopen(&self) -> Option<Duration> {
+        let (cfg, identity, due) = match &*self.backing.lock().unwrap() {
+            BackingState::Lost(l) => (l.cfg.clone(), l.identity.clone(), l.next_try),
+            _ => return None,
+        };
+        let now = Instant::now();
+        if now < due {
+            return Some(due - now);
+        }
+        // Opened without the lock: probing and INQUIRY take a while.
+        let opened = backing::open(&cfg);
+        let mut st = self.backing.lock().unwrap();
+        let BackingState::Lost(l) = &mut *st else {
+            return None; // reconfigured meanwhile
+        };
+        match opened {
+            Ok(b) if b.identity == identity => {
+                log::info!(
+                    "{}: backing device back after {:.1} s: {}",
+                    self.label,
+                    l.since.elapsed().as_secs_f64(),
+                    b.info.describe()
+                );
+                if b.identity.is_none() {
+                    log::warn!(
+                        "{}: it has no identity to check (no VPD 0x83 or 0x80)",
+                        self.label
+                    );
+                }
+                DeviceStats::count(&self.stats.reopened);
+                *st = BackingState::Up(Arc::new(b));
+                return None;
+            }
+            Ok(b) => {
+                if l.refused != b.identity {
+                    log::error!(
+                        "{}: {} is now another logical unit ({}), not the one served ({}); \
+                         refusing it",
+                        self.label,
+                        cfg.path.display(),
+                        b.identity
+                            .as_ref()
+                            .map_or("no identity".into(), |i| i.to_string()),
+                        identity
+                            .as_ref()
+                            .map_or("no identity".into(), |i| i.to_string()),
+                    );
+                    l.refused = b.identity.clone();
+                }
+            }
+            Err(e) => log::debug!("{}: {} not back: {e}", self.label, cfg.path.display()),
+        }
+        l.backoff = (l.backoff * 2).min(REOPEN_BACKOFF.1);
+        l.next_try = Instant::now() + l.backoff;
+        Some(l.backoff)
     }
 
     /// While stopping: true once every command read has completed (or the
@@ -310,25 +590,104 @@ impl Device {
                 return;
             };
             let mut b = self.backing.lock().unwrap();
-            *b = Err("reconfiguring".into());
-            *b = open_backing(&cfg);
+            *b = BackingState::Bad("reconfiguring".into());
+            *b = open_backing(&cfg, &self.defaults.read().unwrap());
             self.inline.reset();
             crew.set_cap(cap_for(&b));
             match &*b {
-                Ok(nb) => log::info!(
+                BackingState::Up(nb) => log::info!(
                     "{}: reconfigured: {}, up to {} commands at once",
                     self.label,
                     nb.info.describe(),
                     crew.cap()
                 ),
-                Err(e) => log::error!(
+                BackingState::Bad(e) => log::error!(
                     "{}: reconfigured with a bad config ({e}); answering NOT READY",
                     self.label
                 ),
+                BackingState::Lost(_) => {}
             }
         });
         if applied.is_some() && !self.stop.load(Ordering::SeqCst) {
             self.paused.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Logs a status that is not GOOD: every one at debug; at info at
+    /// most one per `STATUS_LOG_EVERY`, with a count of those not shown.
+    fn note_status(&self, cmd: &CmdRequest, o: &Outcome) {
+        if o.is_good() {
+            return;
+        }
+        let sense = &o.sense[..crate::scsi::sense::sense_len(&o.sense)];
+        log::debug!(
+            "{}: cmd {} opcode {:#04x} -> status {:#04x} sense {:02x?}",
+            self.label,
+            cmd.cmd_id,
+            cmd.cdb[0],
+            o.status,
+            sense
+        );
+        if !log::log_enabled!(log::Level::Info) || log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let now = self.attached.elapsed().as_millis() as u64;
+        let next = self.status_log_next.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .status_log_next
+                .compare_exchange(
+                    next,
+                    now + STATUS_LOG_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            self.status_log_quiet.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let quiet = self.status_log_quiet.swap(0, Ordering::Relaxed);
+        log::info!(
+            "{}: opcode {:#04x} -> status {:#04x} sense {:02x?}{}",
+            self.label,
+            cmd.cdb[0],
+            o.status,
+            sense,
+            if quiet > 0 {
+                format!(" ({quiet} more not GOOD since the last such line)")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    /// One sample of whether an SG_IO slept (see `InlineMeter`).
+    fn measured(&self, slept: bool) {
+        let Some(now) = self.inline.record(slept) else {
+            return;
+        };
+        // The first verdict at info; a device that flips between the two
+        // later does so at debug.
+        let level = if self.inline.flips.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        if now {
+            log::log!(
+                level,
+                "{}: the backing device answers inline (SG_IO does not sleep): \
+                 at most {} commands at once, one per CPU",
+                self.label,
+                self.cpus
+            );
+        } else {
+            log::log!(
+                level,
+                "{}: the backing device takes time to answer: its full queue depth in flight",
+                self.label
+            );
         }
     }
 
@@ -360,6 +719,9 @@ impl Work for Device {
             if self.reconfig.lock().unwrap().is_some() {
                 self.reconfigure(crew);
             }
+            // A lost backing device is looked for again when due, busy or
+            // not (under load the leader rarely reaches its poll).
+            let reopen_in = self.reopen();
             if revents[0] != 0 {
                 // Consume the event before reading the ring: a command
                 // queued after the read raises a new one.
@@ -389,11 +751,14 @@ impl Work for Device {
                     continue;
                 }
             }
-            let tmo = if self.paused.load(Ordering::SeqCst) {
+            let mut tmo = if self.paused.load(Ordering::SeqCst) {
                 100
             } else {
                 1000
             };
+            if let Some(next) = reopen_in {
+                tmo = tmo.min(next.as_millis() as i32 + 1);
+            }
             if let Err(e) = sys::poll_in(&[self.uio.fd(), self.wake.fd()], tmo, &mut revents) {
                 log::error!("{}: poll: {e}", self.label);
                 return self.end();
@@ -404,8 +769,8 @@ impl Work for Device {
     /// Runs one command on the current backing device and completes it.
     fn run(&self, cmd: CmdRequest, t: &mut ThreadScratch) {
         let running = self.stats.start();
-        let backing = self.backing.lock().unwrap().clone();
-        let c = match backing {
+        let mut rec = Record::default();
+        let c = match self.current() {
             Ok(b) => {
                 let total = cmd.data_len();
                 t.ran = t.ran.wrapping_add(1);
@@ -413,62 +778,54 @@ impl Work for Device {
                     .ran
                     .is_multiple_of(INLINE_SAMPLE)
                     .then(crate::sys::voluntary_switches);
-                let mut ctx = (b.fd(), &*self.uio.map, b.timeout_ms, &mut t.sg);
-                let (dir, o) = passthrough::execute(
-                    &cmd,
-                    &b.info.params,
-                    &mut t.dma,
-                    &mut ctx,
-                    |(fd, map, tmo, sg), io| sg_io(*fd, map, io, *tmo, sg),
-                );
+                let mut ctx = IoCtx {
+                    fd: b.fd(),
+                    map: &self.uio.map,
+                    timeout_ms: b.timeout_ms,
+                    sg: &mut t.sg,
+                    gone: None,
+                    calls: 0,
+                    transport_error: false,
+                };
+                let (dir, o) =
+                    passthrough::execute(&cmd, &b.info.params, &mut t.dma, &mut ctx, IoCtx::io);
+                if let Some(why) = ctx.gone {
+                    self.lost(&b, why);
+                }
                 if let Some(before) = slept_before {
-                    let slept = crate::sys::voluntary_switches() != before;
-                    if let Some(now) = self.inline.record(slept) {
-                        // The first verdict at info; a device that flips
-                        // between the two later does so at debug.
-                        let level = if self.inline.flips.fetch_add(1, Ordering::Relaxed) == 0 {
-                            log::Level::Info
-                        } else {
-                            log::Level::Debug
-                        };
-                        if now {
-                            log::log!(
-                                level,
-                                "{}: the backing device answers inline (SG_IO does not \
-                                 sleep): at most {} commands at once, one per CPU",
-                                self.label,
-                                self.cpus
-                            );
-                        } else {
-                            log::log!(
-                                level,
-                                "{}: the backing device takes time to answer: \
-                                 its full queue depth in flight",
-                                self.label
-                            );
-                        }
-                    }
+                    self.measured(crate::sys::voluntary_switches() != before);
                 }
-                if !o.is_good() {
-                    log::debug!(
-                        "{}: cmd {} opcode {:#04x} -> status {:#04x} sense {:02x?}",
-                        self.label,
-                        cmd.cmd_id,
-                        cmd.cdb[0],
-                        o.status,
-                        &o.sense[..crate::scsi::sense::sense_len(&o.sense)]
-                    );
+                let moved = total - o.residual.min(total);
+                match dir {
+                    Direction::FromDevice => rec.read_bytes = moved,
+                    Direction::ToDevice => rec.written_bytes = moved,
+                    _ => {}
                 }
+                rec.chunks = ctx.calls;
+                rec.transport_error = ctx.transport_error;
+                self.note_status(&cmd, &o);
                 completion(cmd.cmd_id, dir, total, &o)
             }
-            Err(why) => {
-                let o = CmdError::NotReady(why).outcome();
+            Err(e) => {
+                let o = e.outcome();
+                self.note_status(&cmd, &o);
                 completion(cmd.cmd_id, Direction::None, 0, &o)
             }
         };
+        rec.status = c.scsi_status;
+        rec.sense_key = c.sense[2] & 0x0f;
         t.done.push(c);
         self.complete(&mut t.done);
+        rec.latency = cmd.read_at.map_or(Duration::ZERO, |at| at.elapsed());
+        self.stats.record(&rec);
         drop(running);
+        if !self.served.load(Ordering::Relaxed) && !self.served.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "{}: first command completed {} ms after attaching to the ring",
+                self.label,
+                self.attached.elapsed().as_millis()
+            );
+        }
         let mut spare = self.spare.lock().unwrap();
         if spare.len() < MAX_SPARE {
             spare.push(cmd);

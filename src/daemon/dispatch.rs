@@ -58,20 +58,25 @@ pub trait Work: Send + Sync + Sized + 'static {
 /// The daemon-wide bound on crew threads.
 #[derive(Debug)]
 pub struct Budget {
-    limit: usize,
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
 impl Budget {
     pub fn new(limit: usize) -> Arc<Budget> {
         Arc::new(Budget {
-            limit: limit.max(1),
+            limit: AtomicUsize::new(limit.max(1)),
             used: AtomicUsize::new(0),
         })
     }
 
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new bound; threads above it finish their commands and retire.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit.max(1), Ordering::Relaxed);
     }
 
     /// Threads running now, all crews together.
@@ -87,7 +92,7 @@ impl Budget {
     fn try_take(&self) -> bool {
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                (u < self.limit).then_some(u + 1)
+                (u < self.limit()).then_some(u + 1)
             })
             .is_ok()
     }

@@ -6,15 +6,19 @@
 mod device;
 pub mod dispatch;
 mod registry;
+mod status_server;
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::config::OptionDefaults;
 use crate::sys;
 use crate::tcmu::netlink;
+use dispatch::Budget;
 use registry::Registry;
+use status_server::StatusServer;
 
-#[derive(Debug, Clone)]
 pub struct Options {
     pub sys: PathBuf,
     pub dev: PathBuf,
@@ -31,6 +35,24 @@ pub struct Options {
     pub poll_spin: Duration,
     /// Complete in ring order even where out-of-order is offered.
     pub in_order: bool,
+    /// Values for options config strings leave unset.
+    pub defaults: OptionDefaults,
+    /// The Unix socket `tcmu-sg status` asks (None: no status server).
+    pub status_socket: Option<PathBuf>,
+    /// Called on SIGHUP: the settings to apply now, or why the running
+    /// ones stay.
+    pub reload: Option<Reloader>,
+}
+
+/// Rereads the settings (the file); see `Daemon::reload`.
+pub type Reloader = Box<dyn FnMut() -> Result<Reloaded, String> + Send>;
+
+/// What a reload may change without dropping I/O.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub log_level: log::LevelFilter,
+    pub max_threads: usize,
+    pub defaults: OptionDefaults,
 }
 
 /// The default daemon-wide thread bound: room for 32 devices with 32
@@ -47,6 +69,9 @@ impl Default for Options {
             dbus: true,
             poll_spin: Duration::ZERO,
             in_order: false,
+            defaults: OptionDefaults::default(),
+            status_socket: None,
+            reload: None,
         }
     }
 }
@@ -54,12 +79,46 @@ impl Default for Options {
 pub struct Daemon {
     opts: Options,
     registry: Registry,
+    budget: Arc<Budget>,
+    defaults: Arc<RwLock<OptionDefaults>>,
 }
 
 impl Daemon {
     pub fn new(opts: Options) -> Daemon {
-        let registry = Registry::new(&opts);
-        Daemon { opts, registry }
+        let budget = Budget::new(opts.max_threads);
+        let defaults = Arc::new(RwLock::new(opts.defaults));
+        let registry = Registry::new(&opts, budget.clone(), defaults.clone());
+        Daemon {
+            opts,
+            registry,
+            budget,
+            defaults,
+        }
+    }
+
+    /// SIGHUP: applies what the reloaded settings change (log level, thread
+    /// bound, option defaults for devices opened from now on); on an error
+    /// the running settings stay.
+    fn reload(&mut self) {
+        let Some(r) = self.opts.reload.as_mut() else {
+            log::info!("SIGHUP: no settings file to reload");
+            return;
+        };
+        match r() {
+            Ok(new) => {
+                log::set_max_level(new.log_level);
+                self.budget.set_limit(new.max_threads);
+                *self.defaults.write().unwrap() = new.defaults;
+                log::info!(
+                    "settings reloaded: log level {}, at most {} threads, defaults {:?} \
+                     (for devices opened or reconfigured from now on)",
+                    new.log_level,
+                    new.max_threads,
+                    new.defaults
+                );
+            }
+            Err(e) => log::error!("settings not reloaded, the running ones stay: {e}"),
+        }
     }
 
     /// Brings the running devices in line with sysfs.
@@ -71,8 +130,17 @@ impl Daemon {
         self.registry.len()
     }
 
-    /// Runs until SIGTERM/SIGINT.
+    /// Runs until SIGTERM/SIGINT. Under systemd (NOTIFY_SOCKET) it reports
+    /// READY=1 once netlink is open, D-Bus was tried and the devices found
+    /// are served, STATUS= with the device count, and STOPPING=1.
     pub fn run(mut self) {
+        let _status = self.opts.status_socket.as_ref().and_then(|p| {
+            StatusServer::start(p, self.registry.view(), self.budget.clone())
+                .map_err(|e| log::error!("status socket: {e}; `tcmu-sg status` will not answer"))
+                .ok()
+        });
+        let mut ready = false;
+        let mut told_count = usize::MAX;
         let mut nl: Option<netlink::Listener> = None;
         let mut nl_warned = false;
         let mut buf = vec![0u8; 16384];
@@ -138,7 +206,18 @@ impl Daemon {
                 self.reconcile();
                 last_scan = Instant::now();
             }
+            if sys::reload_requested() {
+                self.reload();
+            }
+            let n = self.device_count();
+            if !ready || n != told_count {
+                let state = if ready { "" } else { "READY=1\n" };
+                sys::notify(&format!("{state}STATUS=serving {n} devices"));
+                ready = true;
+                told_count = n;
+            }
         }
+        sys::notify("STOPPING=1\nSTATUS=stopping: finishing commands in flight");
         drop(bus);
         log::info!("stopping: finishing commands in flight");
         self.registry.stop_all();

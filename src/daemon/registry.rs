@@ -4,16 +4,31 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::device::{cap_for, open_backing, Device};
+use super::device::{cap_for, open_backing, BackingState, Device, Names};
 use super::dispatch::{Budget, Crew, Work};
-use crate::tcmu::ring::Ring;
+use crate::config::OptionDefaults;
+use crate::tcmu::ring::{attach, RingActions};
 use crate::tcmu::uio::{self, UioDev, UioDevice, UioName};
 
 /// How long a device that failed to start waits before the next try.
 const RETRY: Duration = Duration::from_secs(2);
+
+/// A device's configfs actions, for [`attach`].
+struct ConfigfsActions(configfs::UserBackstore);
+
+impl RingActions for ConfigfsActions {
+    fn block(&mut self, on: bool) -> Result<(), String> {
+        let v = if on { "1" } else { "0" };
+        self.0.action("block_dev", v).map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) -> Result<(), String> {
+        self.0.action("reset_ring", "1").map_err(|e| e.to_string())
+    }
+}
 
 struct Served {
     crew: Arc<Crew<Device>>,
@@ -26,7 +41,10 @@ pub struct Registry {
     poll_spin: Duration,
     in_order: bool,
     budget: Arc<Budget>,
+    defaults: Arc<RwLock<OptionDefaults>>,
     devices: HashMap<String, Served>,
+    /// The crews being served, for the status server.
+    view: Arc<Mutex<Vec<Arc<Crew<Device>>>>>,
     /// Devices that could not be started, by uio: the name they had and
     /// when they were tried. Retried when the name changes or after
     /// `RETRY` (another process may have held the uio device open).
@@ -34,16 +52,33 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(opts: &super::Options) -> Registry {
+    pub fn new(
+        opts: &super::Options,
+        budget: Arc<Budget>,
+        defaults: Arc<RwLock<OptionDefaults>>,
+    ) -> Registry {
         Registry {
             sys: opts.sys.clone(),
             dev: opts.dev.clone(),
             poll_spin: opts.poll_spin,
             in_order: opts.in_order,
-            budget: Budget::new(opts.max_threads),
+            budget,
+            defaults,
             devices: HashMap::new(),
+            view: Arc::new(Mutex::new(Vec::new())),
             failed: HashMap::new(),
         }
+    }
+
+    /// The crews being served, kept current for the status server.
+    pub fn view(&self) -> Arc<Mutex<Vec<Arc<Crew<Device>>>>> {
+        self.view.clone()
+    }
+
+    fn publish(&self) {
+        let mut crews: Vec<_> = self.devices.values().map(|s| s.crew.clone()).collect();
+        crews.sort_by_key(|c| c.work().uio_number());
+        *self.view.lock().unwrap() = crews;
     }
 
     pub fn len(&self) -> usize {
@@ -66,7 +101,19 @@ impl Registry {
             Ok(u) => u,
             Err(e) => return fail(self, format!("cannot open /dev/{}: {e}", d.uio)),
         };
-        let ring = match Ring::new(uiodev.map.clone()) {
+        let store = match configfs::Target::at(self.sys.join("kernel/config/target"))
+            .user_backstore(d.name.hba, &d.name.device)
+        {
+            Ok(s) => s,
+            Err(e) => return fail(self, e.to_string()),
+        };
+        // Task management notifications in the ring (logged and counted).
+        if let Err(e) = store.set_attrib("tmr_notification", "1") {
+            log::warn!("{label}: cannot turn on tmr_notification: {e}");
+        }
+        // Whatever a previous handler left in the ring completes BUSY (the
+        // initiator retries it); nothing it left is read.
+        let ring = match attach(uiodev.map.clone(), &mut ConfigfsActions(store)) {
             Ok(mut r) => {
                 if self.in_order {
                     r.force_in_order();
@@ -76,23 +123,46 @@ impl Registry {
             Err(e) => return fail(self, e.to_string()),
         };
         let flags = ring.flags();
-        let backing = open_backing(&d.name.cfg);
+        let backing = open_backing(&d.name.cfg, &self.defaults.read().unwrap());
         let cap = cap_for(&backing);
         match &backing {
-            Ok(b) => log::info!(
+            BackingState::Up(b) => log::info!(
                 "{label}: '{}' serving {}, up to {cap} commands at once (ring flags {flags:#x})",
                 d.name.cfg,
                 b.info.describe(),
             ),
-            Err(e) => log::error!(
+            BackingState::Bad(e) => log::error!(
                 "{label}: bad config '{}' ({e}); answering every command NOT READY",
                 d.name.cfg
             ),
+            BackingState::Lost(_) => {}
         }
-        let dev = match Device::new(label.clone(), uiodev, ring, backing, self.poll_spin) {
+        if let BackingState::Up(b) = &backing {
+            if b.identity.is_none() {
+                log::warn!(
+                    "{label}: the backing device has no device identification or unit \
+                     serial VPD page; if its path goes and comes back, the unit found \
+                     there cannot be checked to be the same"
+                );
+            }
+        }
+        let names = Names {
+            uio: d.uio.clone(),
+            name: d.name.configfs_dir(),
+            cfg: d.name.cfg.clone(),
+        };
+        let dev = match Device::new(
+            names,
+            uiodev,
+            ring,
+            backing,
+            self.poll_spin,
+            self.defaults.clone(),
+        ) {
             Ok(dev) => dev,
             Err(e) => return fail(self, format!("eventfd: {e}")),
         };
+        crate::stats::DeviceStats::count(&dev.stats.ring_resets);
         let crew = match Crew::start(&format!("sg-{}", d.uio), dev, cap, self.budget.clone()) {
             Ok(c) => c,
             Err(e) => return fail(self, format!("cannot start a thread: {e}")),
@@ -137,6 +207,7 @@ impl Registry {
         for (_, s) in self.devices.drain() {
             Self::wait_stopped(&s);
         }
+        self.publish();
     }
 
     /// Brings the running devices in line with sysfs.
@@ -175,5 +246,6 @@ impl Registry {
                 }
             }
         }
+        self.publish();
     }
 }

@@ -247,6 +247,20 @@ fn from_host_status(h: u16) -> Outcome {
 ///
 /// `dxfer_len` is the number of bytes the SG_IO call asked to move, so the
 /// residual can be clamped to it.
+impl SgResult {
+    /// Whether the result says the backing device itself is gone (deleted,
+    /// disconnected), as opposed to failing a command: its path should be
+    /// opened again.
+    pub fn device_gone(&self) -> Option<&'static str> {
+        match (self.errno, self.host_status) {
+            (libc::ENODEV, _) => Some("ENODEV"),
+            (libc::ENXIO, _) => Some("ENXIO"),
+            (0, host::NO_CONNECT) => Some("DID_NO_CONNECT"),
+            _ => None,
+        }
+    }
+}
+
 pub fn outcome(r: &SgResult, dxfer_len: u64) -> Outcome {
     let residual = (r.resid.max(0) as u64).min(dxfer_len);
     if r.errno != 0 {

@@ -84,6 +84,50 @@ const DEFAULT_QUEUE_DEPTH: u32 = 32;
 /// sg allows this many commands in flight per open file.
 const SG_MAX_QUEUE: u32 = 16;
 
+/// What identifies a logical unit across re-opens of its path: its device
+/// identification VPD page (0x83), else its unit serial number page (0x80).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub page: u8,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VPD {:#04x} ", self.page)?;
+        for b in self.bytes.iter().take(32) {
+            write!(f, "{b:02x}")?;
+        }
+        if self.bytes.len() > 32 {
+            write!(f, "...")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the identity of the unit behind `fd` (INQUIRY, EVPD).
+pub fn identity(fd: i32) -> Option<Identity> {
+    const LEN: usize = 1024;
+    let mut buf = vec![0u8; LEN];
+    for page in [0x83u8, 0x80] {
+        buf.fill(0);
+        let cdb = [0x12, 0x01, page, (LEN >> 8) as u8, LEN as u8, 0];
+        let r = crate::sg::io::sg_io_in(fd, &cdb, &mut buf, 5000);
+        if r.errno != 0 || r.status != 0 || r.host_status != 0 || buf[1] != page {
+            continue;
+        }
+        let got = LEN - (r.resid.max(0) as usize).min(LEN);
+        let end = (4 + u16::from_be_bytes([buf[2], buf[3]]) as usize).min(got);
+        if end > 4 {
+            return Some(Identity {
+                page,
+                bytes: buf[4..end].to_vec(),
+            });
+        }
+    }
+    None
+}
+
 /// An open backing device.
 #[derive(Debug)]
 pub struct Backing {
@@ -92,6 +136,10 @@ pub struct Backing {
     pub timeout_ms: u32,
     /// `max_inflight` from the config string, if given.
     pub max_inflight: Option<u32>,
+    /// The config it was opened with (to open it again).
+    pub cfg: DevConfig,
+    /// The unit's identity when it was opened, if it has one.
+    pub identity: Option<Identity>,
 }
 
 impl Backing {
@@ -256,11 +304,14 @@ pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
         o.custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_EXCL);
     }
     let file = o.open(&info.node).map_err(io_err(&info.node))?;
+    let identity = identity(file.as_raw_fd());
     Ok(Backing {
         file,
         info,
         timeout_ms: cfg.timeout_s.saturating_mul(1000),
         max_inflight: cfg.max_inflight,
+        cfg: cfg.clone(),
+        identity,
     })
 }
 

@@ -91,20 +91,38 @@ pub fn sg_io(
         (d, 1) => (sg_dir(d), 0, scratch.iov[0].iov_base),
         (d, n) => (sg_dir(d), n as u16, scratch.iov.as_mut_ptr().cast()),
     };
+    // SAFETY: dxferp points either to `count` iovecs in scratch.iov or to
+    // one data-area range, all of which lie inside the mapping (checked by
+    // Mapping::addr), which outlives this call; io.len is their total.
+    unsafe { issue(fd, io.cdb, dir, dxferp, count, io.len as u32, timeout_ms) }
+}
+
+/// Issues one SG_IO.
+///
+/// # Safety
+/// `dxferp` must be null (no data), or a buffer writable for `len` bytes,
+/// or (when `count` > 0) an array of `count` iovecs each valid for its
+/// length, for the whole call; `cdb.len()` <= 255.
+unsafe fn issue(
+    fd: RawFd,
+    cdb: &[u8],
+    dir: libc::c_int,
+    dxferp: *mut libc::c_void,
+    count: u16,
+    len: u32,
+    timeout_ms: u32,
+) -> SgResult {
+    let mut res = SgResult::good();
     let mut sense = [0u8; SENSE_BUFFERSIZE];
     let mut hdr = SgIoHdr {
         interface_id: b'S' as libc::c_int,
         dxfer_direction: dir,
-        cmd_len: io.cdb.len() as u8,
+        cmd_len: cdb.len() as u8,
         mx_sb_len: SENSE_BUFFERSIZE as u8,
         iovec_count: count,
-        dxfer_len: if dir == SG_DXFER_NONE {
-            0
-        } else {
-            io.len as u32
-        },
+        dxfer_len: if dir == SG_DXFER_NONE { 0 } else { len },
         dxferp,
-        cmdp: io.cdb.as_ptr(),
+        cmdp: cdb.as_ptr(),
         sbp: sense.as_mut_ptr(),
         timeout: timeout_ms,
         flags: 0,
@@ -121,10 +139,9 @@ pub fn sg_io(
         info: 0,
     };
     // SAFETY: hdr is a valid sg_io_hdr; cmdp/sbp point to live buffers of the
-    // stated lengths; dxferp points either to `iovec_count` iovecs in
-    // scratch.iov or to one data-area range, all of which lie inside the
-    // mapping (checked by Mapping::addr) that outlives this call. The
-    // kernel writes only into the sense buffer, the header and the data area.
+    // stated lengths; dxferp is valid for `len` bytes or `count` iovecs for
+    // the duration of the call (this function's contract). The kernel
+    // writes only into the sense buffer, the header and the data buffer.
     let rc = unsafe { libc::ioctl(fd, SG_IO as _, &mut hdr as *mut SgIoHdr) };
     if rc < 0 {
         res.errno = std::io::Error::last_os_error()
@@ -139,6 +156,24 @@ pub fn sg_io(
     res.sense = sense;
     res.resid = hdr.resid;
     res
+}
+
+/// A data-in command into `buf` (process memory, not the ring): for the
+/// handler's own queries, such as the device identification VPD page.
+pub fn sg_io_in(fd: RawFd, cdb: &[u8], buf: &mut [u8], timeout_ms: u32) -> SgResult {
+    if cdb.len() > 255 || buf.len() > u32::MAX as usize {
+        let mut res = SgResult::good();
+        res.errno = libc::EINVAL;
+        return res;
+    }
+    let (dir, p) = if buf.is_empty() {
+        (SG_DXFER_NONE, std::ptr::null_mut())
+    } else {
+        (SG_DXFER_FROM_DEV, buf.as_mut_ptr().cast())
+    };
+    // SAFETY: p is null or buf's start, writable for buf.len() bytes while
+    // buf is borrowed here; cdb.len() <= 255 was checked.
+    unsafe { issue(fd, cdb, dir, p, 0, buf.len() as u32, timeout_ms) }
 }
 
 fn sg_dir(d: Direction) -> libc::c_int {

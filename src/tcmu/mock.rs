@@ -5,11 +5,13 @@
 //! `max(offsetof(iov[n]), 112) + round_up(cdb_len, 8)`, the CDB right after
 //! the base entry with `cdb_off` relative to the mapping, a PAD entry when the
 //! space to the ring's end is too small, iovecs as offsets into the data area
-//! (one per run of consecutive 4 KiB data blocks), cmd ids from a cyclic
-//! allocator over 1..=0xffff, and free-space accounting against the last
-//! cleaned position. Completions are consumed as `tcmu_handle_completions`
-//! does: from the last cleaned position to `cmd_tail`, PAD and TMR skipped,
-//! and an unknown cmd_id breaks the ring for good.
+//! (one per run of consecutive 4 KiB data blocks), cmd ids as `xa_alloc`
+//! hands them out (the lowest free one in 1..=0xffff, so a just-freed id is
+//! reused at once), and free-space accounting against the last cleaned
+//! position. Completions are consumed as `tcmu_handle_completions` does:
+//! from the last cleaned position to `cmd_tail`, PAD and TMR skipped, and
+//! an unknown cmd_id breaks the ring. The configfs actions `block_dev` and
+//! `reset_ring` behave as `tcmu_block_dev` and `tcmu_reset_ring`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +59,8 @@ pub enum MockError {
     DataFull,
     #[error("ring is broken")]
     Broken,
+    #[error("device is blocked (action/block_dev)")]
+    Blocked,
 }
 
 #[derive(Debug)]
@@ -74,9 +78,12 @@ pub struct MockKernel {
     data_off: u64,
     free_blocks: Vec<u64>,
     commands: BTreeMap<u16, MockCmd>,
-    next_id: u16,
+    /// `Some(id)`: ids handed out cyclically from `id` (to exercise high
+    /// ids); `None`: the lowest free id, as the kernel does.
+    next_id: Option<u16>,
     last_cleaned: usize,
     broken: bool,
+    blocked: bool,
     /// Completions the kernel saw, in the order it processed them.
     pub completed: Vec<Completed>,
     /// PAD entries written so far.
@@ -107,9 +114,10 @@ impl MockKernel {
             data_off: ring_size as u64,
             free_blocks,
             commands: BTreeMap::new(),
-            next_id: 1,
+            next_id: None,
             last_cleaned: 0,
             broken: false,
+            blocked: false,
             completed: Vec::new(),
             pads: 0,
         }
@@ -151,26 +159,63 @@ impl MockKernel {
     }
 
     fn alloc_id(&mut self) -> u16 {
-        loop {
-            let id = self.next_id;
-            self.next_id = if self.next_id == 0xffff {
-                1
-            } else {
-                self.next_id + 1
-            };
-            if !self.commands.contains_key(&id) {
-                return id;
-            }
+        let Some(next) = self.next_id else {
+            return (1..=0xffff)
+                .find(|id| !self.commands.contains_key(id))
+                .expect("a free id");
+        };
+        let mut id = next;
+        while self.commands.contains_key(&id) {
+            id = if id == 0xffff { 1 } else { id + 1 };
         }
+        self.next_id = Some(if id == 0xffff { 1 } else { id + 1 });
+        id
     }
 
-    /// Sets the next cmd_id the allocator tries (to test wrap-around).
+    /// Hands out ids cyclically from `id` instead of the lowest free one
+    /// (not what the kernel does; to exercise ids near 0xffff).
     pub fn set_next_id(&mut self, id: u16) {
-        self.next_id = id.max(1);
+        self.next_id = Some(id.max(1));
+    }
+
+    /// `action/block_dev`: blocking first completes what the handler
+    /// published, then refuses new commands until unblocked.
+    pub fn block_dev(&mut self, on: bool) {
+        if on && !self.blocked {
+            let _ = self.handle_completions();
+        }
+        self.blocked = on;
+    }
+
+    /// `action/reset_ring` with 1: every outstanding command completes with
+    /// BUSY (2: CHECK CONDITION) without its data, head and tail go to 0,
+    /// and a broken ring is usable again.
+    pub fn reset_ring(&mut self, level: u8) {
+        let status = if level == 1 { 0x08 } else { 0x02 };
+        for (id, cmd) in std::mem::take(&mut self.commands) {
+            self.free_blocks.extend(cmd.blocks.iter().rev());
+            self.completed.push(Completed {
+                cmd_id: id,
+                status,
+                sense: Vec::new(),
+                uflags: 0,
+                read_len: 0,
+                data: Vec::new(),
+            });
+        }
+        self.last_cleaned = 0;
+        self.set_head(0);
+        self.map
+            .store_release_u32(MB_CMD_TAIL as u64, 0)
+            .expect("tail is in the mailbox");
+        self.broken = false;
     }
 
     /// Queues a SCSI command as `tcmu_queue_cmd_ring` would.
     pub fn queue_cmd(&mut self, cdb: &[u8], data: MockData) -> Result<Queued, MockError> {
+        if self.blocked {
+            return Err(MockError::Blocked);
+        }
         if self.broken {
             return Err(MockError::Broken);
         }
@@ -371,5 +416,17 @@ impl MockKernel {
             i += 1;
             i.is_multiple_of(keep_every)
         });
+    }
+}
+
+impl super::ring::RingActions for MockKernel {
+    fn block(&mut self, on: bool) -> Result<(), String> {
+        self.block_dev(on);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), String> {
+        self.reset_ring(1);
+        Ok(())
     }
 }

@@ -31,6 +31,11 @@ pub enum RingError {
     EntryLen { off: usize, len: usize },
     #[error("cmd_id {0} appears twice among outstanding commands")]
     DuplicateId(u16),
+    #[error(
+        "the ring holds entries a previous handler left (tail {tail:#x}, head {head:#x}); \
+         some may be completed already, so they are not read: reset the ring first"
+    )]
+    Stale { tail: u32, head: u32 },
     #[error(transparent)]
     Bounds(#[from] OutOfBounds),
 }
@@ -68,6 +73,9 @@ pub struct CmdRequest {
     /// Data-in iovecs of a bidirectional command.
     pub bidi_iovs: Vec<DataIov>,
     pub dif_cnt: u32,
+    /// When the handler read it (set by the handler, for its latency
+    /// figures; the ring leaves it alone).
+    pub read_at: Option<std::time::Instant>,
 }
 
 impl CmdRequest {
@@ -163,8 +171,11 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// Validates the mailbox of a freshly mapped device. Entries between
-    /// `cmd_tail` and `cmd_head` (left by a previous daemon) are read again.
+    /// Validates the mailbox of a freshly mapped device whose ring is
+    /// empty (`cmd_tail` == `cmd_head`; see [`attach`]). Entries a previous
+    /// handler left are never read: with out-of-order completion some of
+    /// them are commands it already completed, and their ids may belong to
+    /// new commands by now.
     pub fn new(map: Arc<Mapping>) -> Result<Self, RingError> {
         let version = map.read_u16(MB_VERSION as u64)?;
         if version != MAILBOX_VERSION {
@@ -190,6 +201,13 @@ impl Ring {
         let tail = map.load_acquire_u32(MB_CMD_TAIL as u64)? as usize;
         if tail >= size as usize || !tail.is_multiple_of(OP_ALIGN) {
             return Err(RingError::Head(tail as u32));
+        }
+        let head = map.load_acquire_u32(MB_CMD_HEAD as u64)?;
+        if head as usize != tail {
+            return Err(RingError::Stale {
+                tail: tail as u32,
+                head,
+            });
         }
         Ok(Ring {
             map,
@@ -519,6 +537,43 @@ impl Ring {
             .expect("cmd_tail is inside the mailbox");
         true
     }
+}
+
+/// The kernel's per-device actions a handler uses when it attaches:
+/// configfs `action/block_dev` and `action/reset_ring`.
+pub trait RingActions {
+    /// Blocks (true) or unblocks new commands. Blocking first completes
+    /// whatever the previous handler published; commands that arrive while
+    /// blocked get BUSY, and the initiator retries them.
+    fn block(&mut self, on: bool) -> Result<(), String>;
+    /// Completes every outstanding command with BUSY (the initiator retries
+    /// it) and empties the ring.
+    fn reset(&mut self) -> Result<(), String>;
+}
+
+/// Why a handler could not attach to a ring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("cannot reset the ring ({0}); not serving, so that no completed command runs again")]
+    Action(String),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// Attaches to a device's ring as tcmu-runner does: block new commands,
+/// reset the ring (what a previous handler left completes with BUSY, to be
+/// retried), validate the empty ring, unblock. Nothing the handler did not
+/// see queued while alive is ever read.
+pub fn attach(map: Arc<Mapping>, act: &mut dyn RingActions) -> Result<Ring, AttachError> {
+    act.block(true).map_err(AttachError::Action)?;
+    let ring = act
+        .reset()
+        .map_err(AttachError::Action)
+        .and_then(|()| Ok(Ring::new(map)?));
+    let unblocked = act.block(false).map_err(AttachError::Action);
+    let ring = ring?;
+    unblocked?;
+    Ok(ring)
 }
 
 /// Length of the CDB at `off`, from its opcode group (and, for 0x7E/0x7F,

@@ -41,8 +41,9 @@ check "a /dev/disk/by-id link resolves to the disk" bash -c "$BIN check-config s
 # --- the ring as the 6.1 kernel writes it ---------------------------------
 # Export before the daemon runs: the initiator's scan queues an INQUIRY on
 # the ring and waits. ring-dump reads that entry raw and checks it against
-# our ABI; the daemon, started next, must pick up the command it finds
-# already queued (as after a restart) and answer it, ending the scan.
+# our ABI; the daemon, started next, resets the ring as it attaches (the
+# queued INQUIRY completes BUSY and the initiator retries it) and answers
+# the retry, ending the scan.
 timeout 120 "$BIN" export --name d0 "$BACK" > /tmp/export-d0 2>&1 &
 EXPORT=$!
 dump=$("$BIN" ring-dump d0 --wait 60)
@@ -54,7 +55,7 @@ check "6.1 ring: INQUIRY entry is 120 bytes, CDB at entry + 112, layout OK" \
 "$BIN" run --log-level debug > "$LOG" 2>&1 &
 DAEMON=$!
 wait $EXPORT
-check "the daemon answered the command queued before it started" [ $? -eq 0 ]
+check "a command queued before the daemon started is retried and answered" [ $? -eq 0 ]
 kill -0 $DAEMON 2>/dev/null || { bad "daemon runs"; finish; }
 
 # --- identity, capacity, data ---------------------------------------------

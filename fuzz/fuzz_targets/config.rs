@@ -1,0 +1,23 @@
+//! The config string (it comes from configfs, written by anyone with
+//! access). Properties: no panic; an accepted string names an absolute path
+//! under /dev without '..', and options within their ranges.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tcmu_sg::config::{parse, MAX_CFG_LEN, MAX_INFLIGHT};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(c) = parse(s) else {
+        return;
+    };
+    assert!(s.len() <= MAX_CFG_LEN);
+    let p = c.path.to_str().expect("ASCII");
+    assert!(p.starts_with("/dev/") && p.len() > 5);
+    assert!(!p.split('/').any(|x| x == ".."));
+    assert!((1..=3600).contains(&c.timeout_s));
+    assert!(c.max_xfer_kb.is_none_or(|k| (4..=1 << 20).contains(&k)));
+    assert!(c.max_inflight.is_none_or(|n| (1..=MAX_INFLIGHT).contains(&n)));
+});

@@ -1,0 +1,375 @@
+//! `tcmu-sg status`: the report the running daemon hands out on its
+//! root-only Unix socket, and its renderings (a table, JSON, the Prometheus
+//! text exposition for node_exporter's textfile collector).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{Counters, LAT_BUCKETS};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/tcmu-sg/status.sock";
+
+/// What the daemon reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: f64,
+    /// SG_IO threads of all devices now, and the daemon-wide bound.
+    pub threads: usize,
+    pub max_threads: usize,
+    /// The interval the `last` counters of each device cover.
+    pub interval_s: f64,
+    pub devices: Vec<DeviceReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// `uioN`.
+    pub uio: String,
+    /// The LIO backstore: `user_<hba>/<name>`.
+    pub name: String,
+    pub config: String,
+    /// The backing device as configured, the node SG_IO goes to, and what
+    /// identifies it.
+    pub backing: String,
+    pub node: String,
+    pub identity: String,
+    /// `serving`, `not ready` or `re-opening`, and why.
+    pub state: String,
+    pub state_detail: String,
+    /// The most commands in flight now allowed, and the crew's threads.
+    pub max_inflight: usize,
+    pub threads: usize,
+    /// Since the device was attached.
+    pub counters: Counters,
+    /// Over the last interval.
+    pub last: Counters,
+}
+
+impl DeviceReport {
+    pub fn iops(&self, interval_s: f64) -> f64 {
+        per_s(self.last.done, interval_s)
+    }
+
+    pub fn read_mbps(&self, interval_s: f64) -> f64 {
+        per_s(self.last.read_bytes, interval_s) / 1e6
+    }
+
+    pub fn write_mbps(&self, interval_s: f64) -> f64 {
+        per_s(self.last.written_bytes, interval_s) / 1e6
+    }
+}
+
+fn per_s(n: u64, s: f64) -> f64 {
+    if s > 0.0 {
+        n as f64 / s
+    } else {
+        0.0
+    }
+}
+
+/// Asks the daemon listening on `socket` for its report.
+pub fn fetch(socket: &Path) -> Result<Report, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach the daemon at {}: {e} (is `tcmu-sg run` up, and are you root?)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"status\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    serde_json::from_str(&buf).map_err(|e| format!("bad report from the daemon: {e}"))
+}
+
+fn us(v: Option<u64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(u) if u >= 10_000 => format!("{}ms", u / 1000),
+        Some(u) => format!("{u}us"),
+    }
+}
+
+/// One row per device.
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "tcmu-sg {} pid {} up {:.0} s, {} devices, {} of {} threads; rates over the last {:.1} s\n",
+        r.version,
+        r.pid,
+        r.uptime_s,
+        r.devices.len(),
+        r.threads,
+        r.max_threads,
+        r.interval_s
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:<16} {:<22} {:<20} {:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "UIO",
+        "NAME",
+        "BACKING",
+        "STATE",
+        "INFLT",
+        "IOPS",
+        "RD MB/s",
+        "WR MB/s",
+        "P50",
+        "P99",
+        "ERRORS"
+    );
+    for d in &r.devices {
+        let state = if d.state_detail.is_empty() {
+            d.state.clone()
+        } else {
+            format!("{} ({})", d.state, d.state_detail)
+        };
+        let _ = writeln!(
+            out,
+            "{:<7} {:<16} {:<22} {:<20} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>7}",
+            d.uio,
+            cut(&d.name, 16),
+            cut(&format!("{} {}", d.backing, d.node), 22),
+            cut(&state, 20),
+            d.counters.in_flight,
+            d.iops(r.interval_s),
+            d.read_mbps(r.interval_s),
+            d.write_mbps(r.interval_s),
+            us(d.last.latency_percentile_us(50.0)),
+            us(d.last.latency_percentile_us(99.0)),
+            d.counters.errors(),
+        );
+    }
+    out
+}
+
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('~');
+        t
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition format (version 0.0.4).
+pub fn prometheus(r: &Report) -> String {
+    let mut o = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(
+            o,
+            "# HELP tcmu_sg_{name} {help}\n# TYPE tcmu_sg_{name} {kind}"
+        );
+    };
+    family(
+        "up",
+        "gauge",
+        "1 while the device is served by its backing device.",
+    );
+    family("commands_total", "counter", "Commands completed.");
+    family("in_flight", "gauge", "Commands running now.");
+    family("bytes_total", "counter", "Bytes moved, by direction.");
+    family("status_total", "counter", "Completions by SCSI status.");
+    family(
+        "check_condition_total",
+        "counter",
+        "CHECK CONDITION by sense key.",
+    );
+    family(
+        "split_commands_total",
+        "counter",
+        "Commands split into chunks.",
+    );
+    family("chunks_total", "counter", "Chunks of split commands.");
+    family(
+        "transport_errors_total",
+        "counter",
+        "SG_IO calls failed in the ioctl or transport.",
+    );
+    family("tmr_total", "counter", "Task management notifications.");
+    family("ring_resets_total", "counter", "Ring resets on attach.");
+    family(
+        "backing_lost_total",
+        "counter",
+        "Times the backing device was lost.",
+    );
+    family(
+        "backing_reopened_total",
+        "counter",
+        "Times it was opened again.",
+    );
+    family("latency_seconds", "histogram", "Ring read to completion.");
+    for d in &r.devices {
+        let l = format!(
+            "device=\"{}\",uio=\"{}\",backing=\"{}\"",
+            label(&d.name),
+            label(&d.uio),
+            label(&d.backing)
+        );
+        let c = &d.counters;
+        let mut m = |name: &str, extra: &str, v: u64| {
+            let _ = writeln!(o, "tcmu_sg_{name}{{{l}{extra}}} {v}");
+        };
+        m("up", "", u64::from(d.state == "serving"));
+        m("commands_total", "", c.done);
+        m("in_flight", "", c.in_flight);
+        m("bytes_total", ",direction=\"read\"", c.read_bytes);
+        m("bytes_total", ",direction=\"write\"", c.written_bytes);
+        m("status_total", ",status=\"good\"", c.good);
+        m(
+            "status_total",
+            ",status=\"check_condition\"",
+            c.check_by_key.iter().sum(),
+        );
+        m(
+            "status_total",
+            ",status=\"reservation_conflict\"",
+            c.reservation_conflict,
+        );
+        m("status_total", ",status=\"busy\"", c.busy);
+        m("status_total", ",status=\"task_set_full\"", c.task_set_full);
+        m("status_total", ",status=\"other\"", c.other_status);
+        for (k, n) in c.check_by_key.iter().enumerate() {
+            if *n > 0 {
+                m(
+                    "check_condition_total",
+                    &format!(",sense_key=\"{k:#x}\""),
+                    *n,
+                );
+            }
+        }
+        m("split_commands_total", "", c.split);
+        m("chunks_total", "", c.chunks);
+        m("transport_errors_total", "", c.transport_errors);
+        m("tmr_total", "", c.tmr);
+        m("ring_resets_total", "", c.ring_resets);
+        m("backing_lost_total", "", c.lost);
+        m("backing_reopened_total", "", c.reopened);
+        let mut cum = 0;
+        for i in 0..LAT_BUCKETS.min(c.latency_us.len()) {
+            cum += c.latency_us[i];
+            let le = (1u64 << (i + 1)) as f64 / 1e6;
+            m("latency_seconds_bucket", &format!(",le=\"{le}\""), cum);
+        }
+        m("latency_seconds_bucket", ",le=\"+Inf\"", cum);
+        m("latency_seconds_count", "", cum);
+        let _ = writeln!(
+            o,
+            "tcmu_sg_latency_seconds_sum{{{l}}} {}",
+            c.latency_sum_us as f64 / 1e6
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut c = Counters {
+            done: 1000,
+            in_flight: 3,
+            read_bytes: 4096 * 600,
+            written_bytes: 4096 * 400,
+            good: 998,
+            check_by_key: vec![0; 16],
+            reservation_conflict: 1,
+            latency_us: vec![0; LAT_BUCKETS],
+            latency_sum_us: 123_000,
+            ..Counters::default()
+        };
+        c.check_by_key[3] = 1;
+        c.latency_us[7] = 980;
+        c.latency_us[12] = 20;
+        let mut last = c.clone();
+        last.done = 500;
+        last.read_bytes = 2_000_000;
+        Report {
+            version: "0.1.0".into(),
+            pid: 42,
+            uptime_s: 10.0,
+            threads: 5,
+            max_threads: 1024,
+            interval_s: 1.0,
+            devices: vec![DeviceReport {
+                uio: "uio0".into(),
+                name: "user_1/d0".into(),
+                config: "sg//dev/sdb".into(),
+                backing: "/dev/sdb".into(),
+                node: "/dev/sdb".into(),
+                identity: "Linux scsi_debug".into(),
+                state: "serving".into(),
+                max_inflight: 192,
+                threads: 4,
+                counters: c,
+                last,
+                ..DeviceReport::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn the_table_shows_rates_latency_and_errors() {
+        let t = table(&report());
+        let row = t.lines().nth(2).unwrap();
+        assert!(row.starts_with("uio0    user_1/d0"), "{row}");
+        assert!(row.contains(" 500 ") && row.contains("2.0"), "{row}");
+        // p50 in the [128, 256) us bucket, p99 in [4096, 8192).
+        assert!(row.contains("256us") && row.contains("8192us"), "{row}");
+        assert!(row.trim_end().ends_with(" 2"), "{row}");
+    }
+
+    #[test]
+    fn prometheus_exposition_is_well_formed() {
+        let p = prometheus(&report());
+        let l = "device=\"user_1/d0\",uio=\"uio0\",backing=\"/dev/sdb\"";
+        assert!(p.contains(&format!("tcmu_sg_commands_total{{{l}}} 1000\n")));
+        assert!(p.contains(&format!(
+            "tcmu_sg_check_condition_total{{{l},sense_key=\"0x3\"}} 1\n"
+        )));
+        assert!(p.contains(&format!(
+            "tcmu_sg_latency_seconds_bucket{{{l},le=\"+Inf\"}} 1000\n"
+        )));
+        assert!(p.contains(&format!("tcmu_sg_latency_seconds_sum{{{l}}} 0.123\n")));
+        // Every sample line: name{labels} value.
+        for line in p.lines().filter(|l| !l.starts_with('#')) {
+            let (name, rest) = line.split_once('{').unwrap();
+            assert!(name.starts_with("tcmu_sg_"));
+            let (_, value) = rest.rsplit_once("} ").unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        // Buckets are cumulative.
+        let b: Vec<u64> = p
+            .lines()
+            .filter(|l| l.starts_with("tcmu_sg_latency_seconds_bucket"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(b.windows(2).all(|w| w[0] <= w[1]));
+        assert!(label("a\"b\\c").contains("\\\"") && label("a\"b\\c").contains("\\\\"));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = report();
+        let s = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.devices[0].counters, r.devices[0].counters);
+    }
+}
