@@ -15,9 +15,17 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee /tmp/tcmu-sg-cargo-test.log | grep -E '^(test result|running|error)|FAILED|panicked'
 grep -q 'FAILED\|error\[' /tmp/tcmu-sg-cargo-test.log && exit 1
+echo "== fuzz targets, 30 s each"
+bash tests/fuzz.sh
 cargo build --release --quiet
 cargo build --release --quiet -p tcmu-sg-configfs --example lio
 echo "== VM end-to-end tests: the handler"
 bash tests/vm/run-vm.sh tests/vm/e2e.sh "$PWD/target/release/tcmu-sg"
 echo "== VM end-to-end tests: targetcli, iSCSI, reservations, tcmu-runner"
 bash tests/vm/run-vm.sh tests/vm/e2e-users.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
+echo "== VM end-to-end tests: reliability (restart under load, lost and hung disks, TMR)"
+bash tests/vm/run-vm.sh tests/vm/e2e-reliability.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
+echo "== Debian package (cargo-deb, lintian, systemd-analyze verify)"
+deb=$(bash packaging/build-deb.sh)
+echo "== VM end-to-end tests: operations (the installed package, status, reload)"
+bash tests/vm/run-vm.sh tests/vm/e2e-ops.sh "$PWD/$deb"
