@@ -10,6 +10,13 @@
 #   TCMU_SG_VM_TIMEOUT seconds before the VM is killed (default 1500)
 #   TCMU_SG_VM_OUT     directory shared read-write as /vm-out in the guest
 #                      (default: a fresh temporary directory)
+#   TCMU_SG_VM_SHARE   a directory shared read-write as /vm-share (two VMs
+#                      given the same one exchange files through it)
+#   TCMU_SG_VM_NET     user-mode networking options for a virtio NIC, e.g.
+#                      hostfwd=tcp:127.0.0.1:13260-:3260 (the guest is
+#                      10.0.2.15; the host's loopback is 10.0.2.2)
+#   TCMU_SG_VM_EXTRA   more QEMU arguments (word-split)
+#   TCMU_SG_VM_SMP     vCPUs (default 2)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${TCMU_SG_VM_CACHE:-/var/cache/tcmu-sg}
@@ -44,15 +51,26 @@ fi
 # Arguments travel through a file in the shared output directory.
 printf '%s\n' "$script" "$@" > "$out/argv"
 timeout_s=${TCMU_SG_VM_TIMEOUT:-1500}
+extra=()
+cmdline_extra=""
+if [ -n "${TCMU_SG_VM_SHARE:-}" ]; then
+    extra+=(-virtfs "local,path=$TCMU_SG_VM_SHARE,mount_tag=vmshare,security_model=none,multidevs=remap")
+fi
+if [ -n "${TCMU_SG_VM_NET:-}" ]; then
+    extra+=(-netdev "user,id=n0,$TCMU_SG_VM_NET" -device virtio-net-pci,netdev=n0)
+    cmdline_extra+=" tcmusg.net=1"
+fi
+# shellcheck disable=SC2206
+extra+=(${TCMU_SG_VM_EXTRA:-})
 set +e
 timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
-    -accel tcg,thread=multi -cpu max -smp 2 -m "${TCMU_SG_VM_MEM:-4G}" \
+    -accel tcg,thread=multi -cpu max -smp "${TCMU_SG_VM_SMP:-2}" -m "${TCMU_SG_VM_MEM:-4G}" \
     -nographic -no-reboot -nodefaults -serial "file:$out/console.log" \
     -kernel "$kdir/boot/vmlinuz-$kver" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 tcmusg.kver=$kver tcmusg.kdir=$kdir" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 tcmusg.kver=$kver tcmusg.kdir=$kdir$cmdline_extra" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$out,mount_tag=vmout,security_model=none,multidevs=remap" \
-    -device virtio-rng-pci >/dev/null 2>&1
+    -device virtio-rng-pci "${extra[@]}" >/dev/null 2>&1
 qrc=$?
 set -e
 cat "$out/guest.log" >&2 2>/dev/null || true
