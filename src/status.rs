@@ -113,10 +113,11 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<7} {:<16} {:<22} {:<20} {:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "{:<7} {:<16} {:<20} {:<28} {:<20} {:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
         "UIO",
         "NAME",
         "BACKING",
+        "IDENTITY",
         "STATE",
         "INFLT",
         "IOPS",
@@ -134,10 +135,11 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<7} {:<16} {:<22} {:<20} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>7}",
+            "{:<7} {:<16} {:<20} {:<28} {:<20} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>7}",
             d.uio,
             cut(&d.name, 16),
-            cut(&format!("{} {}", d.backing, d.node), 22),
+            cut(&d.backing, 20),
+            cut(&d.identity, 28),
             cut(&state, 20),
             d.counters.in_flight,
             d.iops(r.interval_s),
@@ -334,6 +336,14 @@ mod tests {
         // p50 in the [128, 256) us bucket, p99 in [4096, 8192).
         assert!(row.contains("256us") && row.contains("8192us"), "{row}");
         assert!(row.trim_end().ends_with(" 2"), "{row}");
+        // The backing path and its identity sit under their headers.
+        let head = t.lines().nth(1).unwrap();
+        let at = |h: &str| head.find(h).unwrap();
+        assert!(row[at("BACKING")..].starts_with("/dev/sdb "), "{row}");
+        assert!(
+            row[at("IDENTITY")..].starts_with("Linux scsi_debug "),
+            "{row}"
+        );
     }
 
     #[test]

@@ -283,15 +283,10 @@ impl Device {
         let describe = |b: &Backing, r: &mut DeviceReport| {
             r.backing = b.cfg.path.display().to_string();
             r.node = b.info.node.display().to_string();
-            r.identity = format!(
-                "{} {}{}",
-                b.info.vendor,
-                b.info.model,
-                b.identity
-                    .as_ref()
-                    .map(|i| format!(" {i}"))
-                    .unwrap_or_default()
-            );
+            r.identity = match &b.identity {
+                Some(i) => format!("{} ({} {})", i.name(), b.info.vendor, b.info.model),
+                None => format!("{} {}", b.info.vendor, b.info.model),
+            };
         };
         match &*self.backing.lock().unwrap() {
             BackingState::Up(b) => {
@@ -305,7 +300,10 @@ impl Device {
             BackingState::Lost(l) => {
                 r.backing = l.cfg.path.display().to_string();
                 r.node = l.node.display().to_string();
-                r.identity = l.vendor_model.clone();
+                r.identity = match &l.identity {
+                    Some(i) => format!("{} ({})", i.name(), l.vendor_model),
+                    None => l.vendor_model.clone(),
+                };
                 r.state = "re-opening".into();
                 r.state_detail = format!(
                     "lost {:.0} s ago: {}",

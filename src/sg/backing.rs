@@ -105,6 +105,51 @@ impl std::fmt::Display for Identity {
     }
 }
 
+impl Identity {
+    /// The unit's name as storage tools print it: from page 0x83 the
+    /// logical unit's NAA (`naa.<hex>`), EUI-64 (`eui.<hex>`), SCSI name
+    /// string or T10 vendor designator (`t10.<text>`), in that order of
+    /// preference; from page 0x80 the serial number. The page dump when
+    /// none is found.
+    pub fn name(&self) -> String {
+        let text = |b: &[u8]| {
+            String::from_utf8_lossy(b)
+                .split(|c: char| c.is_whitespace() || c == '\0')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        if self.page == 0x80 {
+            let t = text(&self.bytes);
+            return if t.is_empty() { self.to_string() } else { t };
+        }
+        // Designation descriptors: 4-byte header, then `len` bytes.
+        let mut best: Option<(u8, String)> = None;
+        let mut d = self.bytes.as_slice();
+        while d.len() >= 4 {
+            let len = d[3] as usize;
+            let Some(body) = d.get(4..4 + len) else { break };
+            let (assoc, kind) = ((d[1] >> 4) & 3, d[1] & 0x0f);
+            d = &d[4 + len..];
+            if assoc != 0 || body.is_empty() {
+                continue;
+            }
+            let (rank, name) = match kind {
+                3 => (0, format!("naa.{}", hex(body))),
+                2 => (1, format!("eui.{}", hex(body))),
+                8 => (2, text(body)),
+                1 => (3, format!("t10.{}", text(body))),
+                _ => continue,
+            };
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((rank, name));
+            }
+        }
+        best.map_or_else(|| self.to_string(), |(_, n)| n)
+    }
+}
+
 /// Reads the identity of the unit behind `fd` (INQUIRY, EVPD).
 pub fn identity(fd: i32) -> Option<Identity> {
     const LEN: usize = 1024;
@@ -329,6 +374,31 @@ mod tests {
 
     fn cfg(p: &str) -> DevConfig {
         crate::config::parse(p).unwrap()
+    }
+
+    #[test]
+    fn identity_names_prefer_the_logical_unit_naa() {
+        // scsi_debug's page 0x83: T10 vendor id, NAA of the LU, then a
+        // target port designator (association 1), which must not win.
+        let mut b = vec![0x02, 0x01, 0x00, 0x0c];
+        b.extend_from_slice(b"Linux   sd 1");
+        b.extend_from_slice(&[
+            0x01, 0x03, 0x00, 0x08, 0x33, 0x33, 0x33, 0x30, 0, 0, 0x07, 0xd0,
+        ]);
+        b.extend_from_slice(&[0x01, 0x13, 0x00, 0x08, 0x52, 0x22, 0x22, 0x22, 0, 0, 0, 1]);
+        let id = |page, bytes: &[u8]| Identity {
+            page,
+            bytes: bytes.to_vec(),
+        };
+        assert_eq!(id(0x83, &b).name(), "naa.33333330000007d0");
+        // Without the NAA: the T10 designator, blanks collapsed.
+        assert_eq!(id(0x83, &b[..16]).name(), "t10.Linux sd 1");
+        // A descriptor longer than the page ends the walk, no panic.
+        assert_eq!(
+            id(0x83, &[0x01, 0x03, 0x00, 0x20, 1]).name(),
+            "VPD 0x83 0103002001"
+        );
+        assert_eq!(id(0x80, b"  SER123  ").name(), "SER123");
     }
 
     #[test]

@@ -64,9 +64,14 @@ row_moves() {
     tcmu-sg status > /vm-out/status-screen.txt
     python3 -c "
 import sys
-rows = [l.split() for l in open('/vm-out/status-screen.txt').read().splitlines()[2:]]
-r = [r for r in rows if len(r) > 1 and r[1] == 'user_1/o0']
-sys.exit(not (r and 'serving' in r[0] and float(r[0][5]) > 0))"
+lines = open('/vm-out/status-screen.txt').read().splitlines()
+head = lines[1]
+# Cells by header position: right-aligned numbers end where their header does.
+cell = lambda l, h: l[head.index(h):].split()[0] if h in ('NAME', 'BACKING', 'IDENTITY', 'STATE') \
+    else l[:head.index(h) + len(h)].split()[-1]
+r = [l for l in lines[2:] if cell(l, 'NAME') == 'user_1/o0']
+sys.exit(not (r and cell(r[0], 'STATE') == 'serving' and cell(r[0], 'BACKING').startswith('/dev/')
+              and cell(r[0], 'IDENTITY').startswith('naa.') and float(cell(r[0], 'IOPS')) > 0))"
 }
 wait_for 8 row_moves; moved=$?
 tcmu-sg status --prometheus > /vm-out/status.prom
