@@ -46,9 +46,12 @@ pub trait Work: Send + Sync + Sized + 'static {
     /// Called when the last running item of a busy spell finished (no
     /// lock held).
     fn quiet(&self) {}
-    /// A bound the work sets on items in flight, besides the crew's cap
-    /// (e.g. from what it measures).
-    fn limit(&self) -> usize {
+    /// A bound the work sets on items in flight when `next` is the next
+    /// item to start, besides the crew's cap (e.g. from what it measures
+    /// of the backing device and what `next` asks of it): `next` starts
+    /// only while fewer items than this run.
+    fn limit(&self, next: &Self::Item) -> usize {
+        let _ = next;
         usize::MAX
     }
     /// For logs.
@@ -197,10 +200,11 @@ impl<W: Work> Crew<W> {
         self.cap.load(Ordering::Relaxed)
     }
 
-    /// The most items in flight now: the cap, lowered by the work's own
-    /// limit.
-    fn effective_cap(&self) -> usize {
-        self.cap().min(self.work.limit()).max(1)
+    /// How many items may run while `next` starts: the cap, lowered by
+    /// the work's own limit for that item.
+    fn cap_for(&self, next: Option<&W::Item>) -> usize {
+        let limit = next.map_or(usize::MAX, |i| self.work.limit(i));
+        self.cap().min(limit).max(1)
     }
 
     pub fn set_cap(&self, cap: usize) {
@@ -266,9 +270,10 @@ impl<W: Work> Crew<W> {
     /// recently parked, whose caches are warm), then new threads up to the
     /// cap and the budget.
     fn arrange(self: &Arc<Self>, st: &mut State<W::Item>) {
-        // Items beyond the cap wait for a running one to finish; the lead
-        // is wanted while a slot stays free.
-        let free = self.effective_cap().saturating_sub(st.running);
+        // Items beyond the cap (or the work's limit for the first of them)
+        // wait for a running one to finish; the lead is wanted while a slot
+        // stays free.
+        let free = self.cap_for(st.queue.front()).saturating_sub(st.running);
         let lead = !st.leader && !st.exit && st.queue.len() < free;
         let want = st.queue.len().min(free) + usize::from(lead);
         let mut need = want.saturating_sub(st.coming);
@@ -278,7 +283,7 @@ impl<W: Work> Crew<W> {
             t.unpark();
             need -= 1;
         }
-        while need > 0 && st.threads < self.effective_cap() {
+        while need > 0 && st.threads < self.cap() {
             if !self.budget.try_take() {
                 if !st.held_back {
                     log::warn!(
@@ -317,8 +322,11 @@ impl<W: Work> Crew<W> {
         let mut st = self.lock();
         st.coming -= 1;
         'work: loop {
-            let free = st.running < self.effective_cap();
-            if free && !st.queue.is_empty() {
+            let startable = st
+                .queue
+                .front()
+                .is_some_and(|i| st.running < self.cap_for(Some(i)));
+            if startable {
                 let item = st.queue.pop_front().expect("not empty");
                 st.running += 1;
                 st.peak_running = st.peak_running.max(st.running);
@@ -338,7 +346,7 @@ impl<W: Work> Crew<W> {
                 // Items still queued are run by the threads now running.
                 break;
             }
-            if !st.leader && free {
+            if !st.leader && st.running < self.cap() {
                 st.leader = true;
                 drop(st);
                 let r = self.work.lead(&self, &mut found, &mut s);
@@ -399,6 +407,8 @@ mod tests {
         done: AtomicUsize,
         stop: AtomicBool,
         leads: AtomicUsize,
+        /// Limit items below 100 to one at a time, the others to two.
+        per_item: AtomicBool,
     }
 
     impl Work for Fake {
@@ -429,6 +439,13 @@ mod tests {
             self.now.fetch_sub(1, Ordering::SeqCst);
             self.done.fetch_add(1, Ordering::SeqCst);
         }
+        fn limit(&self, next: &u32) -> usize {
+            match (self.per_item.load(Ordering::SeqCst), *next >= 100) {
+                (false, _) => usize::MAX,
+                (true, false) => 1,
+                (true, true) => 2,
+            }
+        }
         fn label(&self) -> &str {
             "fake"
         }
@@ -445,6 +462,7 @@ mod tests {
                 done: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
                 leads: AtomicUsize::new(0),
+                per_item: AtomicBool::new(false),
             },
             tx,
         )
@@ -555,6 +573,42 @@ mod tests {
         }
         wait_until("32 done", || crew.work().done.load(Ordering::SeqCst) == 32);
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 4);
+        crew.work().stop.store(true, Ordering::SeqCst);
+        assert!(crew.wait_gone(Duration::from_secs(5)));
+    }
+
+    /// The work's limit for the next item holds it back while that many
+    /// run, and lets other items through at their own limit.
+    #[test]
+    fn the_works_limit_applies_per_item() {
+        let (w, tx) = fake(Duration::from_millis(50));
+        w.per_item.store(true, Ordering::SeqCst);
+        let crew = Crew::start("t", w, 16, Budget::new(64)).unwrap();
+        for i in 0..8 {
+            tx.send(i).unwrap();
+        }
+        wait_until("8 done", || crew.work().done.load(Ordering::SeqCst) == 8);
+        assert_eq!(crew.work().peak.load(Ordering::SeqCst), 1);
+        for i in 100..108 {
+            tx.send(i).unwrap();
+        }
+        wait_until("16 done", || crew.work().done.load(Ordering::SeqCst) == 16);
+        assert_eq!(crew.work().peak.load(Ordering::SeqCst), 2);
+        // Mixed: never more than two, and all of them run.
+        crew.work().peak.store(0, Ordering::SeqCst);
+        for i in 0..16 {
+            tx.send(if i % 2 == 0 { i } else { 100 + i }).unwrap();
+        }
+        wait_until("32 done", || crew.work().done.load(Ordering::SeqCst) == 32);
+        assert!(crew.work().peak.load(Ordering::SeqCst) <= 2);
+        // Without the limit the crew goes to its cap again.
+        crew.work().per_item.store(false, Ordering::SeqCst);
+        crew.work().peak.store(0, Ordering::SeqCst);
+        for i in 0..16 {
+            tx.send(i).unwrap();
+        }
+        wait_until("48 done", || crew.work().done.load(Ordering::SeqCst) == 48);
+        assert_eq!(crew.work().peak.load(Ordering::SeqCst), 16);
         crew.work().stop.store(true, Ordering::SeqCst);
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
