@@ -7,27 +7,31 @@ cd "$(dirname "$0")/.."
 bash tests/vm/setup-host.sh >/dev/null
 command -v cargo >/dev/null || { echo "run-all: cargo not found" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Section headers carry the seconds since the start, so a slow suite shows.
+T0=$SECONDS
+section() { echo "== [$((SECONDS - T0)) s] $*"; }
 
-echo "== cargo fmt --check"
+section "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+section "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
+section "cargo test"
 cargo test --workspace 2>&1 | tee /tmp/tcmu-sg-cargo-test.log | grep -E '^(test result|running|error)|FAILED|panicked'
 grep -q 'FAILED\|error\[' /tmp/tcmu-sg-cargo-test.log && exit 1
-echo "== fuzz targets, 30 s each"
+section "fuzz targets, 30 s each"
 bash tests/fuzz.sh
 cargo build --release --quiet
 cargo build --release --quiet -p tcmu-sg-configfs --example lio
-echo "== VM end-to-end tests: the handler"
+section "VM end-to-end tests: the handler"
 bash tests/vm/run-vm.sh tests/vm/e2e.sh "$PWD/target/release/tcmu-sg"
-echo "== VM end-to-end tests: targetcli, iSCSI, reservations, tcmu-runner"
+section "VM end-to-end tests: targetcli, iSCSI, reservations, tcmu-runner"
 bash tests/vm/run-vm.sh tests/vm/e2e-users.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
-echo "== VM end-to-end tests: reliability (restart under load, lost and hung disks, TMR)"
+section "VM end-to-end tests: reliability (restart under load, lost and hung disks, TMR)"
 bash tests/vm/run-vm.sh tests/vm/e2e-reliability.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
-echo "== VM end-to-end tests: a QEMU guest doing passthrough on tcmu-sg LUNs over iSCSI"
+section "VM end-to-end tests: a QEMU guest doing passthrough on tcmu-sg LUNs over iSCSI"
 bash tests/vm/guest-passthrough.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
-echo "== Debian package (cargo-deb, lintian, systemd-analyze security)"
+section "Debian package (cargo-deb, lintian, systemd-analyze security)"
 deb=$(bash packaging/build-deb.sh)
-echo "== VM end-to-end tests: operations (the installed package, status, reload)"
+section "VM end-to-end tests: operations (the installed package, status, reload)"
 bash tests/vm/run-vm.sh tests/vm/e2e-ops.sh "$PWD/$deb"
+section "all passed"
