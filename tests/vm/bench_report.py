@@ -146,17 +146,21 @@ def main():
         lines += [
             "## Memory and threads, idle",
             "",
-            "Daemon memory (KiB, /proc/PID/status; Rings = the resident part of "
-            "the /dev/uioN ring mappings, from /proc/PID/smaps, counted in RssFile; "
-            "the target counts VmRSS without them), sampled after idle followers retired:",
+            "Daemon memory (KiB), sampled after idle followers retired. Rss = "
+            "/proc/PID/smaps_rollup, counted from the page tables; Rings = the "
+            "resident part of the /dev/uioN ring mappings, from /proc/PID/smaps; "
+            "the target counts Rss without them. VmRSS, RssAnon, RssFile and "
+            "RssShmem are /proc/PID/status's counters, which lag behind the page "
+            "tables in a process with many threads:",
             "",
-            "| devices | threads | VmRSS | without rings | rings | RssAnon | RssFile | RssShmem |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| devices | threads | Rss | without rings | rings | VmRSS | RssAnon | RssFile | RssShmem |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for n in ("1", "16"):
             r = rss[n]
-            lines.append(f"| {n} | {r.get('Threads', '-')} | {r['VmRSS']} | **{r.get('WithoutRings', '-')}** "
-                         f"| {r.get('Rings', '-')} | {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
+            lines.append(f"| {n} | {r.get('Threads', '-')} | {r.get('SmapsRss', '-')} "
+                         f"| **{r.get('WithoutRings', '-')}** | {r.get('Rings', '-')} | {r['VmRSS']} "
+                         f"| {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
         lines.append("")
     notes = os.path.join(os.path.dirname(md), "performance-notes.md")
     if os.path.exists(notes):
