@@ -41,10 +41,11 @@ while [ $(( $(date +%s) - t0 )) -lt "$SECS" ]; do
         echo "t=$t s: deleted the backing disk of k7"
         ( sleep 10; echo "- - -" > "/sys/class/scsi_host/host$LOST_HOST/scan"; echo "rescanned" ) &
     fi
-    # Both from the page tables (smaps): VmRSS lags behind them in a
-    # process with many threads, and could even fall below the rings.
-    rss=$(awk '/^Rss:/{print $2}' /proc/$DAEMON/smaps_rollup)
-    rings=$(awk '/^[0-9a-f]+-[0-9a-f]+ /{r = ($6 ~ /^\/dev\/uio/)} /^Rss:/{if (r) s += $2} END {print s + 0}' /proc/$DAEMON/smaps)
+    # Both from one pass over the page tables (smaps): VmRSS lags behind
+    # them in a process with many threads, and two separate reads can
+    # straddle the kernel zapping or faulting ring pages.
+    read -r rss rings < <(awk '/^[0-9a-f]+-[0-9a-f]+ /{r = ($6 ~ /^\/dev\/uio/)}
+        /^Rss:/{t += $2; if (r) s += $2} END {print t + 0, s + 0}' /proc/$DAEMON/smaps)
     echo "$t $rss $((rss - rings)) $(ls /proc/$DAEMON/fd | wc -l) $(ls /proc/$DAEMON/task | wc -l)" >> /vm-out/soak-series.txt
     sleep 10
 done
