@@ -112,9 +112,10 @@ impl Identity {
     /// preference; from page 0x80 the serial number. The page dump when
     /// none is found.
     pub fn name(&self) -> String {
+        // Device-supplied text goes to terminals: printable words only.
         let text = |b: &[u8]| {
             String::from_utf8_lossy(b)
-                .split(|c: char| c.is_whitespace() || c == '\0')
+                .split(|c: char| c.is_whitespace() || c.is_control())
                 .filter(|w| !w.is_empty())
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -399,6 +400,7 @@ mod tests {
             "VPD 0x83 0103002001"
         );
         assert_eq!(id(0x80, b"  SER123  ").name(), "SER123");
+        assert_eq!(id(0x80, b"SER\x1b[2J123\0").name(), "SER [2J123");
     }
 
     #[test]
