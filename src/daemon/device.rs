@@ -138,6 +138,15 @@ const INLINE_SAMPLE: u32 = 4;
 /// [`InlineMeter`]).
 const LARGE_READ: u64 = 512 << 10;
 
+/// What identifies a backing unit in reports: its name (see
+/// [`Identity::name`]), then vendor and model.
+fn identity_text(id: Option<&Identity>, vendor_model: &str) -> String {
+    match id {
+        Some(i) => format!("{} ({vendor_model})", i.name()),
+        None => vendor_model.to_string(),
+    }
+}
+
 /// A READ of `LARGE_READ` bytes or more.
 fn large_read(cmd: &CmdRequest) -> bool {
     cmd.data_len() >= LARGE_READ
@@ -302,10 +311,10 @@ impl Device {
         let describe = |b: &Backing, r: &mut DeviceReport| {
             r.backing = b.cfg.path.display().to_string();
             r.node = b.info.node.display().to_string();
-            r.identity = match &b.identity {
-                Some(i) => format!("{} ({} {})", i.name(), b.info.vendor, b.info.model),
-                None => format!("{} {}", b.info.vendor, b.info.model),
-            };
+            r.identity = identity_text(
+                b.identity.as_ref(),
+                &format!("{} {}", b.info.vendor, b.info.model),
+            );
         };
         match &*self.backing.lock().unwrap() {
             BackingState::Up(b) => {
@@ -319,10 +328,7 @@ impl Device {
             BackingState::Lost(l) => {
                 r.backing = l.cfg.path.display().to_string();
                 r.node = l.node.display().to_string();
-                r.identity = match &l.identity {
-                    Some(i) => format!("{} ({})", i.name(), l.vendor_model),
-                    None => l.vendor_model.clone(),
-                };
+                r.identity = identity_text(l.identity.as_ref(), &l.vendor_model);
                 r.state = "re-opening".into();
                 r.state_detail = format!(
                     "lost {:.0} s ago: {}",
