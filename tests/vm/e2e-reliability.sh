@@ -28,7 +28,6 @@ start_daemon() {
     DAEMON=$!
 }
 start_daemon
-sg_of() { echo "/dev/$(ls /sys/class/block/"${1#/dev/}"/device/scsi_generic/)"; }
 status_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'; }
 
 # --- 1. restart under load without replay ------------------------------------

@@ -111,7 +111,7 @@ iscsiadm -m discovery -t st -p 127.0.0.1 >/dev/null 2>&1
 iscsiadm -m node -T "$IQN" -p 127.0.0.1 --login >/dev/null 2>&1
 check "open-iscsi logs in" wait_for 20 bash -c "iscsiadm -m session -P 3 | grep -q 'Attached scsi disk'"
 ID=/dev/$(iscsiadm -m session -P 3 | awk '/Attached scsi disk/{print $4; exit}')
-ID_SG=/dev/$(ls /sys/class/block/${ID#/dev/}/device/scsi_generic/)
+ID_SG=$(sg_of "$ID")
 echo "iSCSI disk: $ID ($ID_SG)"
 check "sg_inq over iSCSI matches the backing device" \
     bash -c "[ \"\$(sg_inq $ID)\" == \"\$(sg_inq $I0)\" ]"

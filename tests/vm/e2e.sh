@@ -61,7 +61,7 @@ kill -0 $DAEMON 2>/dev/null || { bad "daemon runs"; finish; }
 # --- identity, capacity, data ---------------------------------------------
 LUN=$(cat /tmp/export-d0)
 [ -b "$LUN" ] || { bad "export d0 gave a block device ($LUN)"; finish; }
-LUN_SG=/dev/$(ls /sys/class/block/"${LUN#/dev/}"/device/scsi_generic/)
+LUN_SG=$(sg_of "$LUN")
 echo "initiator sees $LUN ($LUN_SG)"
 check "uio name carries the config" grep -q "^tcm-user/1/d0/sg/$BACK\$" /sys/class/uio/uio*/name
 
@@ -98,7 +98,7 @@ echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
 timeout 60 "$BIN" unexport --name d0 || bad "unexport d0"
 check "unexport removed the backstore" [ ! -e /sys/kernel/config/target/core/user_1/d0 ]
 LUN=$(timeout 90 "$BIN" export --name d1 --options "max_xfer_kb=64" "$BACK") || { bad "export d1 (max_xfer_kb=64)"; finish; }
-LUN_SG=/dev/$(ls /sys/class/block/"${LUN#/dev/}"/device/scsi_generic/)
+LUN_SG=$(sg_of "$LUN")
 T=/sys/kernel/tracing
 trace_on() { echo "host_no == $backing_host" > $T/events/scsi/scsi_dispatch_cmd_start/filter
              echo > $T/trace; echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }

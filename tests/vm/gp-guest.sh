@@ -10,7 +10,6 @@ LOG=/dev/null
 SUITE=gp-guest
 S=/vm-share
 . "$HERE/lib.sh"
-await() { wait_for 600 test -e "$S/$1"; }
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$@"; }
 jfield() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$@"; }
 
@@ -19,7 +18,6 @@ wait_for 60 bash -c "[ \$(lsscsi | grep -c disk) -ge 2 ]"
 lsscsi
 dev_at() { lsscsi | awk -v a="[$1]" '$1 == a {print $NF}'; }
 G0=$(dev_at 0:0:0:0); G1=$(dev_at 0:0:1:0)
-sg_of() { echo "/dev/$(ls /sys/class/block/"${1#/dev/}"/device/scsi_generic/)"; }
 G0SG=$(sg_of "$G0"); G1SG=$(sg_of "$G1")
 echo "guest sees g0 as $G0 ($G0SG), g1 as $G1 ($G1SG)"
 [ -b "$G0" ] && [ -b "$G1" ] || { bad "two scsi-block disks in the guest"; finish; }

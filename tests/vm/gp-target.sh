@@ -15,8 +15,6 @@ S=/vm-share
 SD=/sys/bus/pseudo/drivers/scsi_debug
 WP=/sys/module/scsi_debug/parameters/wp
 . "$HERE/lib.sh"
-await() { wait_for 600 test -e "$S/$1"; }
-sg_of() { echo "/dev/$(ls /sys/class/block/"${1#/dev/}"/device/scsi_generic/)"; }
 
 scsi_debug_luns dev_size_mb=256 max_luns=2 delay=0
 modprobe iscsi_target_mod

@@ -26,6 +26,26 @@ wait_for() {
     for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     return 1
 }
+# sg_of /dev/sdX: the disk's sg node.
+sg_of() { echo "/dev/$(ls /sys/class/block/"${1#/dev/}"/device/scsi_generic/)"; }
+# await NAME: until the other VM of tests/vm/guest-passthrough.sh has made
+# /vm-share/NAME (the two step through phases by files there).
+await() { wait_for 600 test -e "/vm-share/$1"; }
+# fio_rate FILE: "IOPS COMMANDS" (reads and writes together) of the first
+# job of fio's JSON output in FILE; fio may print notes before the JSON,
+# which go to stderr.
+fio_rate() {
+    python3 - "$1" <<'PY'
+import json, sys
+t = open(sys.argv[1]).read()
+if '{' not in t:
+    sys.exit(f"fio_rate: no JSON from fio in {sys.argv[1]}: {t[:400]}")
+if t.index('{'):
+    print('fio said:', t[:t.index('{')].strip(), file=sys.stderr)
+j = json.loads(t[t.index('{'):])['jobs'][0]
+print(round(j['read']['iops'] + j['write']['iops']), j['read']['total_ios'] + j['write']['total_ios'])
+PY
+}
 # scsi_debug_luns SCSI_DEBUG_OPTION...: loads the target modules and
 # scsi_debug with these options, mounts configfs, and sets DISKS (the /dev
 # nodes) and ADDRS (H:C:T:L) of the scsi_debug LUNs, in LUN order.

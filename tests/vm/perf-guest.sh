@@ -43,8 +43,7 @@ for which in sg pscsi; do
         --time_based --size=64M --group_reporting --output-format=json "${jobs[@]}" > /tmp/fio-$which.json ||
         { echo "perf-guest: fio on $which failed:"; cat /tmp/fio-$which.json; exit 1; }
     c1=$(ctxt)
-    iops=$(python3 -c "import json,sys; j=json.load(open('/tmp/fio-$which.json'))['jobs'][0]; print(round(j['read']['iops'] + j['write']['iops']))")
-    ios=$(python3 -c "import json,sys; j=json.load(open('/tmp/fio-$which.json'))['jobs'][0]; print(j['read']['total_ios'] + j['write']['total_ios'])")
+    read -r iops ios < <(fio_rate /tmp/fio-$which.json)
     echo "== $which $RW $BS QD$QD $LATENCY x$N LUNs: IOPS $iops"
     if [ $which = sg ]; then
         echo "-- daemon: $((c1 - c0)) context switches for $ios commands ($(python3 -c "print(round($((c1 - c0)) / max(1, $ios), 2))") per command), $(ls /proc/$SGPID/task | wc -l) threads now"

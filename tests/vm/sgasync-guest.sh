@@ -17,7 +17,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 scsi_debug_luns dev_size_mb=256 max_luns=1 delay=1
 SD=/sys/bus/pseudo/drivers/scsi_debug
 DISK=${DISKS[0]}
-SG=/dev/$(ls /sys/class/block/${DISK#/dev/}/device/scsi_generic/)
+SG=$(sg_of "$DISK")
 busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 run() { # NAME FILE JOBS DEPTH RW BS
     local b0 b1 ios iops
@@ -26,16 +26,7 @@ run() { # NAME FILE JOBS DEPTH RW BS
         --rw="$5" --bs="$6" --size=128M --runtime=4 --time_based --group_reporting \
         --output-format=json > /tmp/sga.json || { echo "sgasync: fio $1 on $2 failed:"; cat /tmp/sga.json; exit 1; }
     b1=$(busy)
-    # fio may print warnings before its JSON.
-    read -r iops ios < <(python3 -c "
-import json, sys
-t = open('/tmp/sga.json').read()
-if '{' not in t:
-    sys.exit('sgasync: no JSON from fio: ' + t[:400])
-if t.index('{'):
-    print('fio said:', t[:t.index('{')].strip(), file=sys.stderr)
-j = json.loads(t[t.index('{'):])['jobs'][0]
-print(round(j['read']['iops'] + j['write']['iops']), j['read']['total_ios'] + j['write']['total_ios'])")
+    read -r iops ios < <(fio_rate /tmp/sga.json)
     printf '%-8s %-6s %-9s %-4s  IOPS %7s  VM CPU us/command %6s\n' "$LAT" "$1" "$5" "$6" "$iops" \
         "$(python3 -c "print(round(($b1 - $b0) * 1e6 / $(getconf CLK_TCK) / max(1, $ios)))")"
 }
