@@ -8,20 +8,20 @@
 //! thread writes the completion into the ring, publishes `cmd_tail` and
 //! rings the doorbell.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::backing_state::{BackingSlot, BackingState};
 use super::dispatch::{Crew, Lead, Work};
+use super::inline_meter::{large_read, InlineMeter, INLINE_SAMPLE};
 use crate::config::OptionDefaults;
 use crate::dma::Scratch;
 use crate::doorbell::Doorbell;
 use crate::error::CmdError;
 use crate::passthrough::{self, completion};
-use crate::scsi::cdb::{RwCdb, RwKind};
 use crate::scsi::direction::Direction;
 use crate::scsi::sense::{Outcome, SgResult};
-use crate::sg::backing::{self, Backing, Identity};
 use crate::sg::io::{sg_io, SgScratch};
 use crate::stats::{DeviceStats, Record};
 use crate::status::DeviceReport;
@@ -63,63 +63,6 @@ impl IoCtx<'_> {
     }
 }
 
-/// The backing device of a device, or why it has none.
-pub enum BackingState {
-    /// Serving through this open device.
-    Up(Arc<Backing>),
-    /// The config cannot be served (a bad string, no such device): every
-    /// command gets NOT READY 04/03 until the config changes.
-    Bad(String),
-    /// It went away while serving; its path is opened again with back-off,
-    /// and commands get NOT READY 05/00 meanwhile.
-    Lost(Box<Lost>),
-}
-
-/// What is kept of a lost backing device: enough to open its path again
-/// and check what is found there, but not its file, so the kernel can
-/// give the returning disk its old name.
-pub struct Lost {
-    cfg: crate::config::DevConfig,
-    identity: Option<Identity>,
-    node: std::path::PathBuf,
-    vendor_model: String,
-    timeout_ms: u32,
-    max_inflight: usize,
-    why: String,
-    since: Instant,
-    next_try: Instant,
-    backoff: Duration,
-    /// The last other unit found at the path (logged once).
-    refused: Option<Identity>,
-}
-
-/// Back-off between attempts to open a lost path again: from the first
-/// value, doubling, to the second (a path that returns is served again
-/// within that, plus the kernel's own scan).
-const REOPEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
-
-/// Opens the backing device of a config string (options it leaves unset
-/// from `defaults`), or says why not.
-pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
-    let opened = crate::config::parse_with(cfg, defaults)
-        .map_err(|e| e.to_string())
-        .and_then(|c| backing::open(&c).map_err(|e| e.to_string()));
-    match opened {
-        Ok(b) => BackingState::Up(Arc::new(b)),
-        Err(e) => BackingState::Bad(e),
-    }
-}
-
-/// How many commands may run at once on a device with this backing.
-pub fn cap_for(b: &BackingState) -> usize {
-    match b {
-        BackingState::Up(b) => b.max_inflight(),
-        BackingState::Lost(l) => l.max_inflight,
-        // Every command is answered NOT READY at once: one thread does.
-        BackingState::Bad(_) => 1,
-    }
-}
-
 /// Per-thread buffers reused from command to command.
 #[derive(Default)]
 pub struct ThreadScratch {
@@ -129,84 +72,6 @@ pub struct ThreadScratch {
     done: Vec<Completion>,
     /// Commands this thread ran (for sampling).
     ran: u32,
-}
-
-/// Every this many commands a thread checks whether its SG_IO slept.
-const INLINE_SAMPLE: u32 = 4;
-
-/// On an inline device, reads of this size or more run one per CPU (see
-/// [`InlineMeter`]).
-const LARGE_READ: u64 = 512 << 10;
-
-/// What identifies a backing unit in reports: its name (see
-/// [`Identity::name`]), then vendor and model.
-fn identity_text(id: Option<&Identity>, vendor_model: &str) -> String {
-    match id {
-        Some(i) => format!("{} ({vendor_model})", i.name()),
-        None => vendor_model.to_string(),
-    }
-}
-
-/// A READ of `LARGE_READ` bytes or more.
-fn large_read(cmd: &CmdRequest) -> bool {
-    cmd.data_len() >= LARGE_READ
-        && matches!(RwCdb::parse(&cmd.cdb), Ok(Some(rw)) if rw.kind == RwKind::Read)
-}
-
-/// Whether the backing device answers in the submitter's context: its
-/// SG_IO returns without the thread ever sleeping (scsi_debug with
-/// `delay=0`, some RAM-backed devices). Such a device's work is CPU work
-/// on the daemon's thread, and commands run side by side compete with each
-/// other and with the initiator's side of the target (LIO, the kernel's
-/// copies into the data area) for the CPUs. Measured on 2 CPUs at QD4:
-/// 1 MiB writes 370 IOPS at one in flight, 300 at two, 240 at four; 64 KiB
-/// reads and writes lost 10-20% at two; but 1 MiB reads 230, 340, 300,
-/// because the kernel's copy of a large read out of the data area (in the
-/// completing thread's doorbell write) overlaps the next command. So an
-/// inline device runs one command at a time, and reads of
-/// [`LARGE_READ`] or more one per CPU. A device whose SG_IO sleeps keeps
-/// its full queue depth.
-#[derive(Debug, Default)]
-struct InlineMeter {
-    /// An average of recent samples, 0 (always slept) to 256 (never).
-    score: AtomicU32,
-    inline: AtomicBool,
-    /// Verdict changes so far (for logging).
-    flips: AtomicU32,
-}
-
-impl InlineMeter {
-    const ENTER: u32 = 224;
-    const LEAVE: u32 = 128;
-
-    /// Records one sample; returns the new verdict when it changed.
-    fn record(&self, slept: bool) -> Option<bool> {
-        let x = if slept { 0 } else { 256 };
-        let prev = self
-            .score
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                Some((s * 7 + x) / 8)
-            })
-            .unwrap_or(0);
-        let score = (prev * 7 + x) / 8;
-        let was = self.inline.load(Ordering::Relaxed);
-        let now = if was {
-            score >= Self::LEAVE
-        } else {
-            score >= Self::ENTER
-        };
-        (now != was && self.inline.swap(now, Ordering::Relaxed) == was).then_some(now)
-    }
-
-    fn is_inline(&self) -> bool {
-        self.inline.load(Ordering::Relaxed)
-    }
-
-    /// Forgets what was measured (a new backing device).
-    fn reset(&self) {
-        self.score.store(0, Ordering::Relaxed);
-        self.inline.store(false, Ordering::Relaxed);
-    }
 }
 
 /// Who a device is, for logs and reports.
@@ -230,7 +95,7 @@ pub struct Device {
     spare: Mutex<Vec<CmdRequest>>,
     /// Coalesces the uio writes that tell the kernel about completions.
     doorbell: Doorbell,
-    backing: Mutex<BackingState>,
+    backing: BackingSlot,
     /// Wakes the leader from its poll (stop, reconfiguration, quiet).
     wake: EventFd,
     stop: AtomicBool,
@@ -264,15 +129,17 @@ impl Device {
         poll_spin: Duration,
         defaults: Arc<RwLock<OptionDefaults>>,
     ) -> std::io::Result<Device> {
+        let label = format!("{} ({})", names.name, names.uio);
+        let backing = BackingSlot::new(backing, &label);
         Ok(Device {
-            label: format!("{} ({})", names.name, names.uio),
+            label,
             names: Mutex::new(names),
             defaults,
             uio,
             ring: Mutex::new(ring),
             spare: Mutex::new(Vec::new()),
             doorbell: Doorbell::default(),
-            backing: Mutex::new(backing),
+            backing,
             wake: EventFd::new()?,
             stop: AtomicBool::new(false),
             stop_deadline: Mutex::new(None),
@@ -308,35 +175,7 @@ impl Device {
             ..DeviceReport::default()
         };
         drop(n);
-        let describe = |b: &Backing, r: &mut DeviceReport| {
-            r.backing = b.cfg.path.display().to_string();
-            r.node = b.info.node.display().to_string();
-            r.identity = identity_text(
-                b.identity.as_ref(),
-                &format!("{} {}", b.info.vendor, b.info.model),
-            );
-        };
-        match &*self.backing.lock().unwrap() {
-            BackingState::Up(b) => {
-                describe(b, &mut r);
-                r.state = "serving".into();
-            }
-            BackingState::Bad(why) => {
-                r.state = "not ready".into();
-                r.state_detail = why.clone();
-            }
-            BackingState::Lost(l) => {
-                r.backing = l.cfg.path.display().to_string();
-                r.node = l.node.display().to_string();
-                r.identity = identity_text(l.identity.as_ref(), &l.vendor_model);
-                r.state = "re-opening".into();
-                r.state_detail = format!(
-                    "lost {:.0} s ago: {}",
-                    l.since.elapsed().as_secs_f64(),
-                    l.why
-                );
-            }
-        }
+        self.backing.describe(&mut r);
         r
     }
 
@@ -470,116 +309,8 @@ impl Device {
     /// How long a stop waits for commands to finish: the SG_IO timeout
     /// and a grace.
     pub fn stop_grace(&self) -> Duration {
-        let tmo = match &*self.backing.lock().unwrap() {
-            BackingState::Up(b) => b.timeout_ms,
-            BackingState::Lost(l) => l.timeout_ms,
-            BackingState::Bad(_) => 0,
-        };
+        let tmo = self.backing.timeout_ms();
         Duration::from_millis(tmo as u64) + Duration::from_secs(10)
-    }
-
-    /// The backing device to run a command on, or the error to answer.
-    fn current(&self) -> Result<Arc<Backing>, CmdError> {
-        match &*self.backing.lock().unwrap() {
-            BackingState::Up(b) => Ok(b.clone()),
-            BackingState::Bad(why) => Err(CmdError::NotReady(why.clone())),
-            BackingState::Lost(l) => Err(CmdError::Lost(l.why.clone())),
-        }
-    }
-
-    /// A command found `b` gone: unless it was replaced meanwhile, the
-    /// device answers NOT READY and its path is opened again.
-    fn lost(&self, b: &Arc<Backing>, why: &str) {
-        let mut st = self.backing.lock().unwrap();
-        if !matches!(&*st, BackingState::Up(cur) if Arc::ptr_eq(cur, b)) {
-            return;
-        }
-        log::error!(
-            "{}: backing device {} lost ({why}); answering NOT READY and opening {} \
-             again every {:?} or less",
-            self.label,
-            b.info.node.display(),
-            b.cfg.path.display(),
-            REOPEN_BACKOFF.1
-        );
-        let now = Instant::now();
-        *st = BackingState::Lost(Box::new(Lost {
-            cfg: b.cfg.clone(),
-            identity: b.identity.clone(),
-            node: b.info.node.clone(),
-            vendor_model: format!("{} {}", b.info.vendor, b.info.model),
-            timeout_ms: b.timeout_ms,
-            max_inflight: b.max_inflight(),
-            why: format!("{} {why}", b.info.node.display()),
-            since: now,
-            next_try: now + REOPEN_BACKOFF.0,
-            backoff: REOPEN_BACKOFF.0,
-            refused: None,
-        }));
-        DeviceStats::count(&self.stats.lost);
-        drop(st);
-        // The leader's poll timeout follows the back-off.
-        self.wake.wake();
-    }
-
-    /// For a lost backing device: opens its path again when due, and
-    /// serves it if it is the same logical unit. Returns how long until
-    /// the next attempt (None: nothing to do).
-    fn reopen(&self) -> Option<Duration> {
-        let (cfg, identity, due) = match &*self.backing.lock().unwrap() {
-            BackingState::Lost(l) => (l.cfg.clone(), l.identity.clone(), l.next_try),
-            _ => return None,
-        };
-        let now = Instant::now();
-        if now < due {
-            return Some(due - now);
-        }
-        // Opened without the lock: probing and INQUIRY take a while.
-        let opened = backing::open(&cfg);
-        let mut st = self.backing.lock().unwrap();
-        let BackingState::Lost(l) = &mut *st else {
-            return None; // reconfigured meanwhile
-        };
-        match opened {
-            Ok(b) if b.identity == identity => {
-                log::info!(
-                    "{}: backing device back after {:.1} s: {}",
-                    self.label,
-                    l.since.elapsed().as_secs_f64(),
-                    b.info.describe()
-                );
-                if b.identity.is_none() {
-                    log::warn!(
-                        "{}: it has no identity to check (no VPD 0x83 or 0x80)",
-                        self.label
-                    );
-                }
-                DeviceStats::count(&self.stats.reopened);
-                *st = BackingState::Up(Arc::new(b));
-                return None;
-            }
-            Ok(b) => {
-                if l.refused != b.identity {
-                    log::error!(
-                        "{}: {} is now another logical unit ({}), not the one served ({}); \
-                         refusing it",
-                        self.label,
-                        cfg.path.display(),
-                        b.identity
-                            .as_ref()
-                            .map_or("no identity".into(), |i| i.to_string()),
-                        identity
-                            .as_ref()
-                            .map_or("no identity".into(), |i| i.to_string()),
-                    );
-                    l.refused = b.identity.clone();
-                }
-            }
-            Err(e) => log::debug!("{}: {} not back: {e}", self.label, cfg.path.display()),
-        }
-        l.backoff = (l.backoff * 2).min(REOPEN_BACKOFF.1);
-        l.next_try = Instant::now() + l.backoff;
-        Some(l.backoff)
     }
 
     /// While stopping: true once every command read has completed (or the
@@ -612,24 +343,11 @@ impl Device {
             let Some(cfg) = self.reconfig.lock().unwrap().take() else {
                 return;
             };
-            let mut b = self.backing.lock().unwrap();
-            *b = BackingState::Bad("reconfiguring".into());
-            *b = open_backing(&cfg, &self.defaults.read().unwrap());
+            let cap = self
+                .backing
+                .reconfigure(&cfg, &self.defaults.read().unwrap());
             self.inline.reset();
-            crew.set_cap(cap_for(&b));
-            match &*b {
-                BackingState::Up(nb) => log::info!(
-                    "{}: reconfigured: {}, up to {} commands at once",
-                    self.label,
-                    nb.info.describe(),
-                    crew.cap()
-                ),
-                BackingState::Bad(e) => log::error!(
-                    "{}: reconfigured with a bad config ({e}); answering NOT READY",
-                    self.label
-                ),
-                BackingState::Lost(_) => {}
-            }
+            crew.set_cap(cap);
         });
         if applied.is_some() && !self.stop.load(Ordering::SeqCst) {
             self.paused.store(false, Ordering::SeqCst);
@@ -685,36 +403,6 @@ impl Device {
         );
     }
 
-    /// One sample of whether an SG_IO slept (see `InlineMeter`).
-    fn measured(&self, slept: bool) {
-        let Some(now) = self.inline.record(slept) else {
-            return;
-        };
-        // The first verdict at info; a device that flips between the two
-        // later does so at debug.
-        let level = if self.inline.flips.fetch_add(1, Ordering::Relaxed) == 0 {
-            log::Level::Info
-        } else {
-            log::Level::Debug
-        };
-        if now {
-            log::log!(
-                level,
-                "{}: the backing device answers inline (SG_IO does not sleep): \
-                 one command at a time, reads of {} KiB or more one per CPU ({})",
-                self.label,
-                LARGE_READ >> 10,
-                self.cpus
-            );
-        } else {
-            log::log!(
-                level,
-                "{}: the backing device takes time to answer: its full queue depth in flight",
-                self.label
-            );
-        }
-    }
-
     /// The leader's end: lets the kernel see whatever completed.
     fn end(&self) -> Lead {
         self.publish(&mut self.ring.lock().unwrap());
@@ -745,7 +433,7 @@ impl Work for Device {
             }
             // A lost backing device is looked for again when due, busy or
             // not (under load the leader rarely reaches its poll).
-            let reopen_in = self.reopen();
+            let reopen_in = self.backing.reopen(&self.stats);
             if revents[0] != 0 {
                 // Consume the event before reading the ring: a command
                 // queued after the read raises a new one.
@@ -794,7 +482,7 @@ impl Work for Device {
     fn run(&self, cmd: CmdRequest, t: &mut ThreadScratch) {
         let running = self.stats.start();
         let mut rec = Record::default();
-        let c = match self.current() {
+        let c = match self.backing.current() {
             Ok(b) => {
                 let total = cmd.data_len();
                 t.ran = t.ran.wrapping_add(1);
@@ -814,10 +502,17 @@ impl Work for Device {
                 let (dir, o) =
                     passthrough::execute(&cmd, &b.info.params, &mut t.dma, &mut ctx, IoCtx::io);
                 if let Some(why) = ctx.gone {
-                    self.lost(&b, why);
+                    if self.backing.lost(&b, why, &self.stats) {
+                        // The leader's poll timeout follows the back-off.
+                        self.wake.wake();
+                    }
                 }
                 if let Some(before) = slept_before {
-                    self.measured(crate::sys::voluntary_switches() != before);
+                    self.inline.sample(
+                        crate::sys::voluntary_switches() != before,
+                        &self.label,
+                        self.cpus,
+                    );
                 }
                 let moved = total - o.residual.min(total);
                 match dir {
@@ -872,58 +567,5 @@ impl Work for Device {
         if self.paused.load(Ordering::SeqCst) {
             self.wake.wake();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_large_reads_count_as_large_reads() {
-        let cmd = |cdb: &[u8], len: u64| CmdRequest {
-            cdb: cdb.to_vec(),
-            iovs: vec![
-                crate::tcmu::ring::DataIov {
-                    off: 0,
-                    len: len / 2,
-                },
-                crate::tcmu::ring::DataIov {
-                    off: len / 2,
-                    len: len / 2,
-                },
-            ],
-            ..CmdRequest::default()
-        };
-        let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0x08, 0, 0];
-        let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0x08, 0, 0];
-        let read16 = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0, 0, 0];
-        assert!(large_read(&cmd(&read10, 1 << 20)));
-        assert!(large_read(&cmd(&read16, 512 << 10)));
-        assert!(!large_read(&cmd(&read10, 64 << 10)));
-        assert!(!large_read(&cmd(&write10, 1 << 20)));
-        assert!(!large_read(&cmd(&[0x12, 0, 0, 0, 0xff, 0], 1 << 20)));
-    }
-
-    #[test]
-    fn the_inline_meter_needs_a_run_of_samples_and_has_hysteresis() {
-        let m = InlineMeter::default();
-        // A few inline answers do not make a device inline.
-        for _ in 0..5 {
-            assert_eq!(m.record(false), None);
-        }
-        let mut entered = None;
-        for i in 0..40 {
-            if m.record(false) == Some(true) {
-                entered = Some(i);
-                break;
-            }
-        }
-        assert!(entered.is_some() && m.is_inline());
-        // One sleep does not end it; a run of them does.
-        assert_eq!(m.record(true), None);
-        assert!(m.is_inline());
-        let left = (0..20).find(|_| m.record(true) == Some(false));
-        assert!(left.is_some() && !m.is_inline());
     }
 }

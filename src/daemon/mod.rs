@@ -3,8 +3,10 @@
 //! reads its ring and runs its commands (`dispatch`, `device`), and the
 //! D-Bus service targetcli talks to.
 
+mod backing_state;
 mod device;
 pub mod dispatch;
+mod inline_meter;
 mod registry;
 mod status_server;
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::device::{cap_for, open_backing, BackingState, Device, Names};
+use super::backing_state::{open_backing, BackingState};
+use super::device::{Device, Names};
 use super::dispatch::{Budget, Crew, Work};
 use crate::config::OptionDefaults;
 use crate::tcmu::ring::{attach, RingActions};
@@ -124,7 +125,7 @@ impl Registry {
         };
         let flags = ring.flags();
         let backing = open_backing(&d.name.cfg, &self.defaults.read().unwrap());
-        let cap = cap_for(&backing);
+        let cap = backing.cap();
         match &backing {
             BackingState::Up(b) => log::info!(
                 "{label}: '{}' serving {}, up to {cap} commands at once (ring flags {flags:#x})",

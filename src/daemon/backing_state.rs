@@ -1,0 +1,264 @@
+//! A device's backing unit through its life: opened from the config
+//! string, lost when it goes away (its path is then opened again with
+//! back-off and served only if the same logical unit is found there),
+//! replaced when the config string changes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::OptionDefaults;
+use crate::error::CmdError;
+use crate::sg::backing::{self, Backing, Identity};
+use crate::stats::DeviceStats;
+use crate::status::DeviceReport;
+
+/// The backing device of a device, or why it has none.
+pub enum BackingState {
+    /// Serving through this open device.
+    Up(Arc<Backing>),
+    /// The config cannot be served (a bad string, no such device): every
+    /// command gets NOT READY 04/03 until the config changes.
+    Bad(String),
+    /// It went away while serving; its path is opened again with back-off,
+    /// and commands get NOT READY 05/00 meanwhile.
+    Lost(Box<Lost>),
+}
+
+/// What is kept of a lost backing device: enough to open its path again
+/// and check what is found there, but not its file, so the kernel can
+/// give the returning disk its old name.
+pub struct Lost {
+    cfg: crate::config::DevConfig,
+    identity: Option<Identity>,
+    node: std::path::PathBuf,
+    vendor_model: String,
+    timeout_ms: u32,
+    max_inflight: usize,
+    why: String,
+    since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+    /// The last other unit found at the path (logged once).
+    refused: Option<Identity>,
+}
+
+/// Back-off between attempts to open a lost path again: from the first
+/// value, doubling, to the second (a path that returns is served again
+/// within that, plus the kernel's own scan).
+pub const REOPEN_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(2));
+
+/// Opens the backing device of a config string (options it leaves unset
+/// from `defaults`), or says why not.
+pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
+    let opened = crate::config::parse_with(cfg, defaults)
+        .map_err(|e| e.to_string())
+        .and_then(|c| backing::open(&c).map_err(|e| e.to_string()));
+    match opened {
+        Ok(b) => BackingState::Up(Arc::new(b)),
+        Err(e) => BackingState::Bad(e),
+    }
+}
+
+impl BackingState {
+    /// How many commands may run at once on a device with this backing.
+    pub fn cap(&self) -> usize {
+        match self {
+            BackingState::Up(b) => b.max_inflight(),
+            BackingState::Lost(l) => l.max_inflight,
+            // Every command is answered NOT READY at once: one thread does.
+            BackingState::Bad(_) => 1,
+        }
+    }
+}
+
+/// What identifies a backing unit in reports: its name (see
+/// [`Identity::name`]), then vendor and model.
+fn identity_text(id: Option<&Identity>, vendor_model: &str) -> String {
+    match id {
+        Some(i) => format!("{} ({vendor_model})", i.name()),
+        None => vendor_model.to_string(),
+    }
+}
+
+/// One device's backing state behind its lock.
+pub struct BackingSlot {
+    state: Mutex<BackingState>,
+    /// The device, for logs.
+    label: String,
+}
+
+impl BackingSlot {
+    pub fn new(state: BackingState, label: &str) -> BackingSlot {
+        BackingSlot {
+            state: Mutex::new(state),
+            label: label.to_string(),
+        }
+    }
+
+    /// The backing device to run a command on, or the error to answer.
+    pub fn current(&self) -> Result<Arc<Backing>, CmdError> {
+        match &*self.state.lock().unwrap() {
+            BackingState::Up(b) => Ok(b.clone()),
+            BackingState::Bad(why) => Err(CmdError::NotReady(why.clone())),
+            BackingState::Lost(l) => Err(CmdError::Lost(l.why.clone())),
+        }
+    }
+
+    /// The SG_IO timeout the config string asked for (0 without one).
+    pub fn timeout_ms(&self) -> u32 {
+        match &*self.state.lock().unwrap() {
+            BackingState::Up(b) => b.timeout_ms,
+            BackingState::Lost(l) => l.timeout_ms,
+            BackingState::Bad(_) => 0,
+        }
+    }
+
+    /// Fills in the backing columns and the state of a status report.
+    pub fn describe(&self, r: &mut DeviceReport) {
+        match &*self.state.lock().unwrap() {
+            BackingState::Up(b) => {
+                r.backing = b.cfg.path.display().to_string();
+                r.node = b.info.node.display().to_string();
+                r.identity = identity_text(
+                    b.identity.as_ref(),
+                    &format!("{} {}", b.info.vendor, b.info.model),
+                );
+                r.state = "serving".into();
+            }
+            BackingState::Bad(why) => {
+                r.state = "not ready".into();
+                r.state_detail = why.clone();
+            }
+            BackingState::Lost(l) => {
+                r.backing = l.cfg.path.display().to_string();
+                r.node = l.node.display().to_string();
+                r.identity = identity_text(l.identity.as_ref(), &l.vendor_model);
+                r.state = "re-opening".into();
+                r.state_detail = format!(
+                    "lost {:.0} s ago: {}",
+                    l.since.elapsed().as_secs_f64(),
+                    l.why
+                );
+            }
+        }
+    }
+
+    /// A command found `b` gone: unless it was replaced meanwhile, the
+    /// device answers NOT READY and its path is opened again. Returns
+    /// whether it was marked lost now (the leader's poll timeout then
+    /// follows the back-off).
+    pub fn lost(&self, b: &Arc<Backing>, why: &str, stats: &DeviceStats) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if !matches!(&*st, BackingState::Up(cur) if Arc::ptr_eq(cur, b)) {
+            return false;
+        }
+        log::error!(
+            "{}: backing device {} lost ({why}); answering NOT READY and opening {} \
+             again every {:?} or less",
+            self.label,
+            b.info.node.display(),
+            b.cfg.path.display(),
+            REOPEN_BACKOFF.1
+        );
+        let now = Instant::now();
+        *st = BackingState::Lost(Box::new(Lost {
+            cfg: b.cfg.clone(),
+            identity: b.identity.clone(),
+            node: b.info.node.clone(),
+            vendor_model: format!("{} {}", b.info.vendor, b.info.model),
+            timeout_ms: b.timeout_ms,
+            max_inflight: b.max_inflight(),
+            why: format!("{} {why}", b.info.node.display()),
+            since: now,
+            next_try: now + REOPEN_BACKOFF.0,
+            backoff: REOPEN_BACKOFF.0,
+            refused: None,
+        }));
+        DeviceStats::count(&stats.lost);
+        true
+    }
+
+    /// For a lost backing device: opens its path again when due, and
+    /// serves it if it is the same logical unit. Returns how long until
+    /// the next attempt (None: nothing to do).
+    pub fn reopen(&self, stats: &DeviceStats) -> Option<Duration> {
+        let (cfg, identity, due) = match &*self.state.lock().unwrap() {
+            BackingState::Lost(l) => (l.cfg.clone(), l.identity.clone(), l.next_try),
+            _ => return None,
+        };
+        let now = Instant::now();
+        if now < due {
+            return Some(due - now);
+        }
+        // Opened without the lock: probing and INQUIRY take a while.
+        let opened = backing::open(&cfg);
+        let mut st = self.state.lock().unwrap();
+        let BackingState::Lost(l) = &mut *st else {
+            return None; // reconfigured meanwhile
+        };
+        match opened {
+            Ok(b) if b.identity == identity => {
+                log::info!(
+                    "{}: backing device back after {:.1} s: {}",
+                    self.label,
+                    l.since.elapsed().as_secs_f64(),
+                    b.info.describe()
+                );
+                if b.identity.is_none() {
+                    log::warn!(
+                        "{}: it has no identity to check (no VPD 0x83 or 0x80)",
+                        self.label
+                    );
+                }
+                DeviceStats::count(&stats.reopened);
+                *st = BackingState::Up(Arc::new(b));
+                return None;
+            }
+            Ok(b) => {
+                if l.refused != b.identity {
+                    log::error!(
+                        "{}: {} is now another logical unit ({}), not the one served ({}); \
+                         refusing it",
+                        self.label,
+                        cfg.path.display(),
+                        b.identity
+                            .as_ref()
+                            .map_or("no identity".into(), |i| i.to_string()),
+                        identity
+                            .as_ref()
+                            .map_or("no identity".into(), |i| i.to_string()),
+                    );
+                    l.refused = b.identity.clone();
+                }
+            }
+            Err(e) => log::debug!("{}: {} not back: {e}", self.label, cfg.path.display()),
+        }
+        l.backoff = (l.backoff * 2).min(REOPEN_BACKOFF.1);
+        l.next_try = Instant::now() + l.backoff;
+        Some(l.backoff)
+    }
+
+    /// Replaces the backing device with the one `cfg` names (the old one
+    /// is closed first: it was opened exclusively), logs the result and
+    /// returns the new cap on commands in flight.
+    pub fn reconfigure(&self, cfg: &str, defaults: &OptionDefaults) -> usize {
+        let mut b = self.state.lock().unwrap();
+        *b = BackingState::Bad("reconfiguring".into());
+        *b = open_backing(cfg, defaults);
+        let cap = b.cap();
+        match &*b {
+            BackingState::Up(nb) => log::info!(
+                "{}: reconfigured: {}, up to {cap} commands at once",
+                self.label,
+                nb.info.describe(),
+            ),
+            BackingState::Bad(e) => log::error!(
+                "{}: reconfigured with a bad config ({e}); answering NOT READY",
+                self.label
+            ),
+            BackingState::Lost(_) => {}
+        }
+        cap
+    }
+}
