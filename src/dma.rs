@@ -5,9 +5,12 @@
 //! Chunks run one after another; the first whose result is not GOOD (or that
 //! moved less than asked) ends the command with that chunk's status and
 //! sense, and the residual is that chunk's residual plus every byte not
-//! attempted. Running chunks concurrently would leave "which status, which
+//! attempted. The I/O function may also decline a chunk with one of our
+//! own errors (it is then not sent; see `crate::expiry`): that ends the
+//! command the same way, with the error's status. Running chunks concurrently would leave "which status, which
 //! residual" undefined (SCST's disk_exec makes the same choice).
 
+use crate::error::CmdError;
 use crate::scsi::cdb::{plan, RwCdb};
 use crate::scsi::direction::Direction;
 use crate::scsi::sense::{outcome, Outcome, SgResult};
@@ -71,7 +74,8 @@ fn take(iovs: &[DataIov], cur: &mut Cursor, mut bytes: u64, out: &mut Vec<DataIo
 }
 
 /// Runs `cdb` over `iovs`: whole when `split` is `None`, else chunk by
-/// chunk. `io` is called with the opaque context `ctx` for each chunk.
+/// chunk. `io` is called with the opaque context `ctx` for each chunk; it
+/// returns the SG_IO result, or the error for which it did not send it.
 pub fn run<C, F>(
     cdb: &[u8],
     dir: Direction,
@@ -82,9 +86,17 @@ pub fn run<C, F>(
     mut io: F,
 ) -> Outcome
 where
-    F: FnMut(&mut C, &ChunkIo<'_>) -> SgResult,
+    F: FnMut(&mut C, &ChunkIo<'_>) -> Result<SgResult, CmdError>,
 {
     let total: u64 = iovs.iter().map(|v| v.len).sum();
+    // The outcome of one call: an error declined means nothing moved.
+    let outcome_of = |r: Result<SgResult, CmdError>, len: u64| match r {
+        Ok(r) => outcome(&r, len),
+        Err(e) => Outcome {
+            residual: len,
+            ..e.outcome()
+        },
+    };
     let Some(split) = split else {
         let r = io(
             ctx,
@@ -95,7 +107,7 @@ where
                 len: total,
             },
         );
-        return outcome(&r, total);
+        return outcome_of(r, total);
     };
     let mut cur = Cursor { index: 0, off: 0 };
     let mut done = 0u64;
@@ -115,7 +127,7 @@ where
                 len,
             },
         );
-        let mut o = outcome(&r, len);
+        let mut o = outcome_of(r, len);
         done += len;
         if !o.is_good() || o.residual > 0 || len < chunk.bytes {
             o.residual += total - done;
@@ -195,9 +207,9 @@ mod tests {
                         crate::scsi::sense::code::READ_ERROR,
                     ));
                     r.resid = 1024;
-                    r
+                    Ok(r)
                 } else {
-                    SgResult::good()
+                    Ok(SgResult::good())
                 }
             },
         );
@@ -232,7 +244,7 @@ mod tests {
                 *n += 1;
                 let mut r = SgResult::good();
                 r.resid = 512;
-                r
+                Ok(r)
             },
         );
         assert_eq!(n, 1);
@@ -255,10 +267,48 @@ mod tests {
             &mut seen,
             |v, io| {
                 v.push((io.cdb.to_vec(), io.len));
-                SgResult::good()
+                Ok(SgResult::good())
             },
         );
         assert!(o.is_good());
         assert_eq!(seen, vec![(cdb.to_vec(), 96)]);
+    }
+
+    #[test]
+    fn a_declined_chunk_ends_the_command_with_the_errors_status() {
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        let r = RwCdb {
+            kind: RwKind::Write,
+            ..rw(0, 24)
+        };
+        let iovs = [iov(0, 24 * 512)];
+        let mut s = Scratch::default();
+        let mut sent = 0;
+        let split = Split {
+            rw: &r,
+            block_size: 512,
+            max_bytes: 4096,
+        };
+        // The second chunk is declined: nothing of it or after it is sent.
+        let o = run(
+            &cdb,
+            Direction::ToDevice,
+            &iovs,
+            Some(split),
+            &mut s,
+            &mut sent,
+            |n, _| {
+                if *n == 1 {
+                    return Err(CmdError::Expired {
+                        waited: std::time::Duration::from_secs(9),
+                    });
+                }
+                *n += 1;
+                Ok(SgResult::good())
+            },
+        );
+        assert_eq!(sent, 1);
+        assert_eq!(o.status, status::BUSY);
+        assert_eq!(o.residual, 2 * 4096);
     }
 }

@@ -4,7 +4,9 @@
 
 use crate::scsi::cdb::CdbError;
 use crate::scsi::direction::DirectionError;
-use crate::scsi::sense::{code, Outcome, SenseCode};
+use std::time::Duration;
+
+use crate::scsi::sense::{code, status, Outcome, SenseCode};
 use crate::tcmu::ring::BadCommand;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,12 +33,19 @@ pub enum CmdError {
     /// The backing device went away and is being opened again.
     #[error("backing device lost: {0}")]
     Lost(String),
+    /// The command may no longer start: LIO may fail it back (or have
+    /// failed it back) before an SG_IO could end (see `crate::expiry`).
+    /// Answered BUSY without touching the backing device; if LIO still
+    /// holds the command, the initiator retries it.
+    #[error("waited {waited:?} since the ring read before it; too late to start")]
+    Expired { waited: Duration },
 }
 
 impl CmdError {
-    /// The sense the initiator gets for each of our errors.
-    pub fn sense_code(&self) -> SenseCode {
-        match self {
+    /// The sense the initiator gets with CHECK CONDITION, for the errors
+    /// answered so (None: answered with a status alone).
+    pub fn sense_code(&self) -> Option<SenseCode> {
+        Some(match self {
             CmdError::Ring(_) => code::TARGET_FAILURE,
             CmdError::Direction(DirectionError::Unknown { .. }) => code::INVALID_OPCODE,
             CmdError::Direction(DirectionError::Empty) => code::INVALID_OPCODE,
@@ -46,11 +55,15 @@ impl CmdError {
             CmdError::ProtectedSplit(_) | CmdError::Dif => code::INVALID_FIELD,
             CmdError::NotReady(_) => code::NOT_READY_MANUAL_INTERVENTION,
             CmdError::Lost(_) => code::LUN_NOT_RESPONDING,
-        }
+            CmdError::Expired { .. } => return None,
+        })
     }
 
     pub fn outcome(&self) -> Outcome {
-        Outcome::check(self.sense_code())
+        match self.sense_code() {
+            Some(c) => Outcome::check(c),
+            None => Outcome::with_status(status::BUSY),
+        }
     }
 }
 
@@ -60,7 +73,6 @@ const LBA_OUT_OF_RANGE: SenseCode =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::sense::status;
 
     #[test]
     fn every_error_is_check_condition_with_sense() {
@@ -88,16 +100,30 @@ mod tests {
         for e in errs {
             let o = e.outcome();
             assert_eq!(o.status, status::CHECK_CONDITION);
-            assert_eq!(o.sense_code(), Some(e.sense_code()), "{e}");
+            assert!(e.sense_code().is_some());
+            assert_eq!(o.sense_code(), e.sense_code(), "{e}");
         }
         assert_eq!(
             CmdError::ProtectedSplit(1).sense_code(),
-            code::INVALID_FIELD
+            Some(code::INVALID_FIELD)
         );
-        assert_eq!(CmdError::NotReady("x".into()).sense_code().key, 0x2);
+        assert_eq!(
+            CmdError::NotReady("x".into()).sense_code().map(|c| c.key),
+            Some(0x2)
+        );
         assert_eq!(
             CmdError::Lost("x".into()).sense_code(),
-            code::LUN_NOT_RESPONDING
+            Some(code::LUN_NOT_RESPONDING)
         );
+    }
+
+    #[test]
+    fn a_command_too_late_to_start_is_busy_without_sense() {
+        let o = CmdError::Expired {
+            waited: Duration::from_secs(15),
+        }
+        .outcome();
+        assert_eq!(o.status, status::BUSY);
+        assert_eq!(o.sense, [0; 96]);
     }
 }

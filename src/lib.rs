@@ -15,6 +15,7 @@ pub mod dbus;
 pub mod dma;
 pub mod doorbell;
 pub mod error;
+pub mod expiry;
 pub mod export;
 pub mod inspect;
 pub mod passthrough;

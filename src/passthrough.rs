@@ -61,7 +61,7 @@ pub fn execute<C, F>(
     io: F,
 ) -> (Direction, Outcome)
 where
-    F: FnMut(&mut C, &ChunkIo<'_>) -> SgResult,
+    F: FnMut(&mut C, &ChunkIo<'_>) -> Result<SgResult, CmdError>,
 {
     match route(cmd, dev) {
         Err(e) => {
@@ -118,6 +118,7 @@ mod tests {
             },
             bidi_iovs: vec![],
             dif_cnt: 0,
+            seen_after: None,
             read_at: None,
         }
     }
@@ -144,13 +145,13 @@ mod tests {
         assert_eq!(r, Route::Whole(Direction::ToDevice));
         // Protection information and a split: INVALID FIELD IN CDB.
         let e = route(&cmd(&[0x28, 0x20, 0, 0, 0, 0, 0, 1, 0, 0], 131072), &DEV).unwrap_err();
-        assert_eq!(e.sense_code(), code::INVALID_FIELD);
+        assert_eq!(e.sense_code(), Some(code::INVALID_FIELD));
         // ... but passed whole when it fits.
         let r = route(&cmd(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 8, 0], 4096), &DEV).unwrap();
         assert_eq!(r, Route::Whole(Direction::FromDevice));
         // Unknown opcode with data: refused.
         let e = route(&cmd(&[0xc5, 0, 0, 0, 0, 0, 0, 0, 8, 0], 4096), &DEV).unwrap_err();
-        assert_eq!(e.sense_code(), code::INVALID_OPCODE);
+        assert_eq!(e.sense_code(), Some(code::INVALID_OPCODE));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct DeviceStats {
     /// Times the backing device was lost, and opened again.
     pub lost: AtomicU64,
     pub reopened: AtomicU64,
+    /// Commands refused BUSY, unrun, because LIO may have failed them back
+    /// (a stall; see `crate::expiry`).
+    pub stale_refused: AtomicU64,
     /// From ring read to completion: a histogram and the sum.
     pub latency_us: [AtomicU64; LAT_BUCKETS],
     pub latency_sum_us: AtomicU64,
@@ -133,6 +136,7 @@ impl DeviceStats {
             ring_resets: get(&self.ring_resets),
             lost: get(&self.lost),
             reopened: get(&self.reopened),
+            stale_refused: get(&self.stale_refused),
             latency_us: self.latency_us.iter().map(get).collect(),
             latency_sum_us: get(&self.latency_sum_us),
         }
@@ -147,6 +151,7 @@ pub fn bucket(d: Duration) -> usize {
 
 /// A plain copy of a device's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub done: u64,
     pub in_flight: u64,
@@ -166,6 +171,7 @@ pub struct Counters {
     pub ring_resets: u64,
     pub lost: u64,
     pub reopened: u64,
+    pub stale_refused: u64,
     pub latency_us: Vec<u64>,
     pub latency_sum_us: u64,
 }
@@ -209,6 +215,7 @@ impl Counters {
             ring_resets: d(self.ring_resets, earlier.ring_resets),
             lost: d(self.lost, earlier.lost),
             reopened: d(self.reopened, earlier.reopened),
+            stale_refused: d(self.stale_refused, earlier.stale_refused),
             latency_us: dv(&self.latency_us, &earlier.latency_us),
             latency_sum_us: d(self.latency_sum_us, earlier.latency_sum_us),
         }

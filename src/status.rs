@@ -30,6 +30,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DeviceReport {
     /// `uioN`.
     pub uio: String,
@@ -47,6 +48,12 @@ pub struct DeviceReport {
     /// The most commands in flight now allowed, and the crew's threads.
     pub max_inflight: usize,
     pub threads: usize,
+    /// LIO's `cmd_time_out` (0: never), the SG_IO timeout used, and how
+    /// long a command may wait before it is refused as possibly failed
+    /// back (none without `cmd_time_out`; see `crate::expiry`).
+    pub cmd_time_out_s: u64,
+    pub sg_timeout_s: f64,
+    pub stale_window_s: Option<f64>,
     /// Since the device was attached.
     pub counters: Counters,
     /// Over the last interval.
@@ -113,7 +120,7 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<7} {:<16} {:<20} {:<28} {:<20} {:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "{:<7} {:<16} {:<20} {:<28} {:<20} {:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
         "UIO",
         "NAME",
         "BACKING",
@@ -125,7 +132,8 @@ pub fn table(r: &Report) -> String {
         "WR MB/s",
         "P50",
         "P99",
-        "ERRORS"
+        "ERRORS",
+        "STALE"
     );
     for d in &r.devices {
         let state = if d.state_detail.is_empty() {
@@ -135,7 +143,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<7} {:<16} {:<20} {:<28} {:<20} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>7}",
+            "{:<7} {:<16} {:<20} {:<28} {:<20} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>7} {:>7}",
             d.uio,
             cut(&d.name, 16),
             cut(&d.backing, 20),
@@ -148,6 +156,7 @@ pub fn table(r: &Report) -> String {
             us(d.last.latency_percentile_us(50.0)),
             us(d.last.latency_percentile_us(99.0)),
             d.counters.errors(),
+            d.counters.stale_refused,
         );
     }
     out
@@ -216,6 +225,16 @@ pub fn prometheus(r: &Report) -> String {
         "counter",
         "Times it was opened again.",
     );
+    family(
+        "stale_refused_total",
+        "counter",
+        "Commands refused BUSY, unrun, after a stall: LIO may have failed them back.",
+    );
+    family(
+        "cmd_time_out_seconds",
+        "gauge",
+        "LIO's cmd_time_out for the device (0: never).",
+    );
     family("latency_seconds", "histogram", "Ring read to completion.");
     for d in &r.devices {
         let l = format!(
@@ -263,6 +282,8 @@ pub fn prometheus(r: &Report) -> String {
         m("ring_resets_total", "", c.ring_resets);
         m("backing_lost_total", "", c.lost);
         m("backing_reopened_total", "", c.reopened);
+        m("stale_refused_total", "", c.stale_refused);
+        m("cmd_time_out_seconds", "", d.cmd_time_out_s);
         let mut cum = 0;
         for i in 0..LAT_BUCKETS.min(c.latency_us.len()) {
             cum += c.latency_us[i];
@@ -298,6 +319,7 @@ mod tests {
             ..Counters::default()
         };
         c.check_by_key[3] = 1;
+        c.stale_refused = 7;
         c.latency_us[7] = 980;
         c.latency_us[12] = 20;
         let mut last = c.clone();
@@ -335,7 +357,8 @@ mod tests {
         assert!(row.contains(" 500 ") && row.contains("2.0"), "{row}");
         // p50 in the [128, 256) us bucket, p99 in [4096, 8192).
         assert!(row.contains("256us") && row.contains("8192us"), "{row}");
-        assert!(row.trim_end().ends_with(" 2"), "{row}");
+        // Two errors, seven commands refused after a stall.
+        assert!(row.trim_end().ends_with(" 2       7"), "{row}");
         // The backing path and its identity sit under their headers.
         let head = t.lines().nth(1).unwrap();
         let at = |h: &str| head.find(h).unwrap();
@@ -358,6 +381,7 @@ mod tests {
             "tcmu_sg_latency_seconds_bucket{{{l},le=\"+Inf\"}} 1000\n"
         )));
         assert!(p.contains(&format!("tcmu_sg_latency_seconds_sum{{{l}}} 0.123\n")));
+        assert!(p.contains(&format!("tcmu_sg_stale_refused_total{{{l}}} 7\n")));
         // Every sample line: name{labels} value.
         for line in p.lines().filter(|l| !l.starts_with('#')) {
             let (name, rest) = line.split_once('{').unwrap();

@@ -137,7 +137,7 @@ proptest! {
                 assert!(io.len <= max_blocks * 512 && io.len.is_multiple_of(512));
                 seen.extend_from_slice(io.iovs);
                 **calls += 1;
-                SgResult::good()
+                Ok(SgResult::good())
             });
         prop_assert!(o.is_good());
         prop_assert_eq!(o.residual, 0);

@@ -243,7 +243,13 @@ impl UserBackstore {
     }
 
     pub fn attrib(&self, name: &str) -> Result<String> {
-        read(&self.dir.join("attrib").join(component("attribute", name)?))
+        read(&self.attrib_path(name)?)
+    }
+
+    /// The file of attribute `name` (for a caller that reads it again and
+    /// again).
+    pub fn attrib_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.dir.join("attrib").join(component("attribute", name)?))
     }
 
     pub fn set_attrib(&self, name: &str, value: &str) -> Result<()> {

@@ -33,6 +33,7 @@ pub struct Lost {
     node: std::path::PathBuf,
     vendor_model: String,
     timeout_ms: u32,
+    sg_floor: Duration,
     max_inflight: usize,
     why: String,
     since: Instant,
@@ -105,12 +106,13 @@ impl BackingSlot {
         }
     }
 
-    /// The SG_IO timeout the config string asked for (0 without one).
-    pub fn timeout_ms(&self) -> u32 {
+    /// The SG_IO timeout the config string asks for and the kernel's
+    /// floor for the node (None: no backing device to send to).
+    pub fn sg_params(&self) -> Option<(Duration, Duration)> {
         match &*self.state.lock().unwrap() {
-            BackingState::Up(b) => b.timeout_ms,
-            BackingState::Lost(l) => l.timeout_ms,
-            BackingState::Bad(_) => 0,
+            BackingState::Up(b) => Some((b.timeout(), b.sg_floor())),
+            BackingState::Lost(l) => Some((Duration::from_millis(l.timeout_ms as u64), l.sg_floor)),
+            BackingState::Bad(_) => None,
         }
     }
 
@@ -168,6 +170,7 @@ impl BackingSlot {
             node: b.info.node.clone(),
             vendor_model: format!("{} {}", b.info.vendor, b.info.model),
             timeout_ms: b.timeout_ms,
+            sg_floor: b.sg_floor(),
             max_inflight: b.max_inflight(),
             why: format!("{} {why}", b.info.node.display()),
             since: now,

@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use super::backing_state::{BackingSlot, BackingState};
 use super::dispatch::{Crew, Lead, Work};
 use super::inline_meter::{large_read, InlineMeter, INLINE_SAMPLE};
+use super::stall;
 use crate::config::OptionDefaults;
 use crate::dma::Scratch;
 use crate::doorbell::Doorbell;
 use crate::error::CmdError;
+use crate::expiry::Timing;
 use crate::passthrough::{self, completion};
 use crate::scsi::direction::Direction;
 use crate::scsi::sense::{Outcome, SgResult};
@@ -41,17 +43,32 @@ const STATUS_LOG_EVERY_MS: u64 = 10_000;
 struct IoCtx<'a> {
     fd: i32,
     map: &'a crate::tcmu::mapping::Mapping,
-    timeout_ms: u32,
+    timing: Timing,
+    /// The command's `seen_after` (see `crate::expiry`).
+    seen_after: Option<Instant>,
+    guard: &'a stall::Guard,
     sg: &'a mut SgScratch,
     /// Set when a call found the backing device gone.
     gone: Option<&'static str>,
     calls: u32,
     transport_error: bool,
+    /// A chunk was refused: too late to start.
+    refused: bool,
 }
 
 impl IoCtx<'_> {
-    fn io(&mut self, io: &crate::dma::ChunkIo<'_>) -> SgResult {
-        let r = sg_io(self.fd, self.map, io, self.timeout_ms, self.sg);
+    fn io(&mut self, io: &crate::dma::ChunkIo<'_>) -> Result<SgResult, CmdError> {
+        // Every SG_IO, each chunk of a split command too, starts only
+        // while LIO cannot fail the command back before it ends.
+        if let Err(e) = self
+            .guard
+            .admit(self.seen_after, &self.timing, Instant::now())
+        {
+            self.refused = true;
+            return Err(e);
+        }
+        let timeout_ms = self.timing.sg_timeout.as_millis().min(u32::MAX as u128) as u32;
+        let r = sg_io(self.fd, self.map, io, timeout_ms, self.sg);
         self.calls += 1;
         if r.errno != 0 || r.host_status != 0 || r.driver_status & 0x0f != 0 {
             self.transport_error = true;
@@ -59,7 +76,7 @@ impl IoCtx<'_> {
         if let Some(why) = r.device_gone() {
             self.gone = Some(why);
         }
-        r
+        Ok(r)
     }
 }
 
@@ -109,6 +126,9 @@ pub struct Device {
     poll_spin: Duration,
     inline: InlineMeter,
     cpus: usize,
+    /// LIO's cmd_time_out and the rule that keeps failed-back commands
+    /// from running.
+    guard: stall::Guard,
     /// When the crew attached to the ring, and whether a command has
     /// completed since (the first is logged: the time a restart costs).
     attached: Instant,
@@ -128,9 +148,11 @@ impl Device {
         backing: BackingState,
         poll_spin: Duration,
         defaults: Arc<RwLock<OptionDefaults>>,
+        cmd_time_out: (std::path::PathBuf, Duration),
     ) -> std::io::Result<Device> {
         let label = format!("{} ({})", names.name, names.uio);
         let backing = BackingSlot::new(backing, &label);
+        let guard = stall::Guard::new(&label, cmd_time_out.0, cmd_time_out.1);
         Ok(Device {
             label,
             names: Mutex::new(names),
@@ -148,6 +170,7 @@ impl Device {
             poll_spin,
             inline: InlineMeter::default(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            guard,
             attached: Instant::now(),
             served: AtomicBool::new(false),
             status_log_next: AtomicU64::new(0),
@@ -176,6 +199,10 @@ impl Device {
         };
         drop(n);
         self.backing.describe(&mut r);
+        let t = self.timing_now();
+        r.cmd_time_out_s = t.cmd_time_out.as_secs();
+        r.sg_timeout_s = t.sg_timeout.as_secs_f64();
+        r.stale_window_s = t.window().map(|w| w.as_secs_f64());
         r
     }
 
@@ -255,7 +282,9 @@ impl Device {
     fn read_ring(&self, out: &mut Vec<CmdRequest>, t: &mut ThreadScratch) -> bool {
         let mut ring = self.ring.lock().unwrap();
         t.entries.clear();
-        let polled = ring.poll_recycling(&mut t.entries, &mut self.spare.lock().unwrap());
+        // Taken before the ring is looked at: see `Ring::poll_recycling`.
+        let now = Instant::now();
+        let polled = ring.poll_recycling(now, &mut t.entries, &mut self.spare.lock().unwrap());
         if let Err(e) = polled {
             log::error!(
                 "{}: ring unusable: {e}; stopping this device (needs action/reset_ring)",
@@ -264,7 +293,6 @@ impl Device {
             return false;
         }
         let label = &self.label;
-        let now = Instant::now();
         for e in t.entries.drain(..) {
             match e {
                 Entry::Cmd(mut cmd) => {
@@ -306,11 +334,51 @@ impl Device {
         true
     }
 
-    /// How long a stop waits for commands to finish: the SG_IO timeout
-    /// and a grace.
+    /// How long a stop waits for commands to finish: the SG_IO bound and
+    /// a grace.
     pub fn stop_grace(&self) -> Duration {
-        let tmo = self.backing.timeout_ms();
-        Duration::from_millis(tmo as u64) + Duration::from_secs(10)
+        let t = self.timing_now();
+        t.sg_bound + t.margin + Duration::from_secs(10)
+    }
+
+    /// The timing of a command sent to `b` now.
+    fn timing(&self, b: &crate::sg::backing::Backing) -> Timing {
+        Timing::new(self.guard.cmd_time_out(), b.timeout(), b.sg_floor())
+    }
+
+    /// The timing of commands on the current backing device (without one,
+    /// that of the default SG_IO timeout on a block node).
+    fn timing_now(&self) -> Timing {
+        let (wanted, floor) = self.backing.sg_params().unwrap_or((
+            Duration::from_secs(crate::config::DEFAULT_TIMEOUT_S as u64),
+            crate::expiry::BLOCK_SG_FLOOR,
+        ));
+        Timing::new(self.guard.cmd_time_out(), wanted, floor)
+    }
+
+    /// Logs the device's timing: at attach, after a reconfiguration and
+    /// when `cmd_time_out` changes; a warning when the SG_IO timeout had
+    /// to be lowered, an error when no command can start.
+    pub fn log_timing(&self) {
+        let t = self.timing_now();
+        log::info!("{}: {}", self.label, t.describe());
+        if t.window() == Some(Duration::ZERO) {
+            log::error!(
+                "{}: cmd_time_out {} s is too short for an SG_IO that may take {:.0} s                  and a {:.0} s margin: every command is refused BUSY; set cmd_time_out                  (before the LUN is exported) to at least {} s, or 0",
+                self.label,
+                t.cmd_time_out.as_secs(),
+                t.sg_bound.as_secs_f64(),
+                t.margin.as_secs_f64(),
+                (t.sg_bound + t.margin).as_secs() + 1
+            );
+        } else if t.lowered {
+            log::warn!(
+                "{}: the SG_IO timeout asked for is more than cmd_time_out {} s allows;                  using {:.1} s (raise cmd_time_out before the LUN is exported to give                  the device more)",
+                self.label,
+                t.cmd_time_out.as_secs(),
+                t.sg_timeout.as_secs_f64()
+            );
+        }
     }
 
     /// While stopping: true once every command read has completed (or the
@@ -348,6 +416,7 @@ impl Device {
                 .reconfigure(&cfg, &self.defaults.read().unwrap());
             self.inline.reset();
             crew.set_cap(cap);
+            self.log_timing();
         });
         if applied.is_some() && !self.stop.load(Ordering::SeqCst) {
             self.paused.store(false, Ordering::SeqCst);
@@ -405,6 +474,7 @@ impl Device {
 
     /// The leader's end: lets the kernel see whatever completed.
     fn end(&self) -> Lead {
+        self.guard.tick(Instant::now(), true);
         self.publish(&mut self.ring.lock().unwrap());
         self.kick();
         Lead::Exit
@@ -428,6 +498,19 @@ impl Work for Device {
             if self.stop.load(Ordering::SeqCst) && self.may_end() {
                 return self.end();
             }
+            // cmd_time_out again (once a second) before the ring is read,
+            // and the log line of a stall that has ended.
+            let now = Instant::now();
+            if let Some((old, new)) = self.guard.refresh(now) {
+                log::warn!(
+                    "{}: cmd_time_out changed from {} s to {} s; commands the ring held                      before now are refused",
+                    self.label,
+                    old.as_secs(),
+                    new.as_secs()
+                );
+                self.log_timing();
+            }
+            self.guard.tick(now, false);
             if self.reconfig.lock().unwrap().is_some() {
                 self.reconfigure(crew);
             }
@@ -471,6 +554,9 @@ impl Work for Device {
             if let Some(next) = reopen_in {
                 tmo = tmo.min(next.as_millis() as i32 + 1);
             }
+            // An idle ring is looked at often enough that a command which
+            // arrives while the daemon runs is never taken for a stale one.
+            tmo = tmo.min(self.timing_now().scan_every().as_millis() as i32);
             if let Err(e) = sys::poll_in(&[self.uio.fd(), self.wake.fd()], tmo, &mut revents) {
                 log::error!("{}: poll: {e}", self.label);
                 return self.end();
@@ -493,11 +579,14 @@ impl Work for Device {
                 let mut ctx = IoCtx {
                     fd: b.fd(),
                     map: &self.uio.map,
-                    timeout_ms: b.timeout_ms,
+                    timing: self.timing(&b),
+                    seen_after: cmd.seen_after,
+                    guard: &self.guard,
                     sg: &mut t.sg,
                     gone: None,
                     calls: 0,
                     transport_error: false,
+                    refused: false,
                 };
                 let (dir, o) =
                     passthrough::execute(&cmd, &b.info.params, &mut t.dma, &mut ctx, IoCtx::io);
@@ -522,6 +611,9 @@ impl Work for Device {
                 }
                 rec.chunks = ctx.calls;
                 rec.transport_error = ctx.transport_error;
+                if ctx.refused {
+                    DeviceStats::count(&self.stats.stale_refused);
+                }
                 self.note_status(&cmd, &o);
                 completion(cmd.cmd_id, dir, total, &o)
             }

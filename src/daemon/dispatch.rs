@@ -9,10 +9,12 @@
 //! (or a thread started) to lead next and one more for every further
 //! command it found. A thread that finishes a command takes the next
 //! waiting one, else the lead if nobody holds it, else it parks; parked
-//! followers retire after [`Crew::IDLE_RETIRE`]. So the ring is never left
-//! unread while commands wait and a thread is free, and a deep queue gets
-//! one thread per command, up to the crew's cap (the backing device's queue
-//! depth).
+//! followers retire after [`Crew::IDLE_RETIRE`]. A deep queue gets one
+//! thread per command, up to the crew's cap (the backing device's queue
+//! depth), and one thread more leads while all of them are busy: the ring
+//! is read whenever the kernel rings, so the age of a command that waits
+//! for a free thread is measured from a recent read (see `crate::expiry`),
+//! and a crew that is merely busy is never taken for a stalled one.
 //!
 //! All crews draw their threads from one daemon-wide [`Budget`]. A crew's
 //! first thread is outside the bound, so every device can always serve at
@@ -271,10 +273,9 @@ impl<W: Work> Crew<W> {
     /// cap and the budget.
     fn arrange(self: &Arc<Self>, st: &mut State<W::Item>) {
         // Items beyond the cap (or the work's limit for the first of them)
-        // wait for a running one to finish; the lead is wanted while a slot
-        // stays free.
+        // wait for a running one to finish; the lead is always wanted.
         let free = self.cap_for(st.queue.front()).saturating_sub(st.running);
-        let lead = !st.leader && !st.exit && st.queue.len() < free;
+        let lead = !st.leader && !st.exit;
         let want = st.queue.len().min(free) + usize::from(lead);
         let mut need = want.saturating_sub(st.coming);
         while need > 0 {
@@ -283,7 +284,8 @@ impl<W: Work> Crew<W> {
             t.unpark();
             need -= 1;
         }
-        while need > 0 && st.threads < self.cap() {
+        // The cap's threads and the leader.
+        while need > 0 && st.threads < self.cap() + 1 {
             if !self.budget.try_take() {
                 if !st.held_back {
                     log::warn!(
@@ -346,7 +348,7 @@ impl<W: Work> Crew<W> {
                 // Items still queued are run by the threads now running.
                 break;
             }
-            if !st.leader && st.running < self.cap() {
+            if !st.leader {
                 st.leader = true;
                 drop(st);
                 let r = self.work.lead(&self, &mut found, &mut s);
@@ -407,6 +409,8 @@ mod tests {
         done: AtomicUsize,
         stop: AtomicBool,
         leads: AtomicUsize,
+        /// Items the leader has read.
+        read: AtomicUsize,
         /// Limit items below 100 to one at a time, the others to two.
         per_item: AtomicBool,
     }
@@ -425,6 +429,7 @@ mod tests {
                     Ok(v) => {
                         out.push(v);
                         out.extend(rx.try_iter());
+                        self.read.fetch_add(out.len(), Ordering::SeqCst);
                         return Lead::Items;
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -462,6 +467,7 @@ mod tests {
                 done: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
                 leads: AtomicUsize::new(0),
+                read: AtomicUsize::new(0),
                 per_item: AtomicBool::new(false),
             },
             tx,
@@ -497,7 +503,36 @@ mod tests {
         }
         wait_until("36 done", || crew.work().done.load(Ordering::SeqCst) == 36);
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 16);
-        assert!(crew.threads() <= 16, "{} threads", crew.threads());
+        // The cap's threads and one that leads.
+        assert!(crew.threads() <= 17, "{} threads", crew.threads());
+        crew.work().stop.store(true, Ordering::SeqCst);
+        assert!(crew.wait_gone(Duration::from_secs(5)));
+    }
+
+    /// While every thread the cap allows is busy, one more reads the
+    /// "ring": items are taken in as they come, so how long they wait for
+    /// a thread is measured from a recent read, not from the last time a
+    /// thread was free.
+    #[test]
+    fn the_ring_is_read_while_every_thread_is_busy() {
+        let (w, tx) = fake(Duration::from_millis(400));
+        let crew = Crew::start("t", w, 2, Budget::new(64)).unwrap();
+        tx.send(0).unwrap();
+        tx.send(1).unwrap();
+        wait_until("2 running", || crew.work().now.load(Ordering::SeqCst) == 2);
+        for i in 2..5 {
+            tx.send(i).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Read at once, though none of them can start yet.
+        wait_until("3 more read", || {
+            crew.work().read.load(Ordering::SeqCst) == 5
+        });
+        assert_eq!(crew.work().done.load(Ordering::SeqCst), 0);
+        assert_eq!(crew.work().now.load(Ordering::SeqCst), 2);
+        wait_until("5 done", || crew.work().done.load(Ordering::SeqCst) == 5);
+        assert_eq!(crew.work().peak.load(Ordering::SeqCst), 2);
+        assert!(crew.threads() <= 3, "{} threads", crew.threads());
         crew.work().stop.store(true, Ordering::SeqCst);
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }

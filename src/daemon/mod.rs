@@ -8,6 +8,7 @@ mod device;
 pub mod dispatch;
 mod inline_meter;
 mod registry;
+mod stall;
 mod status_server;
 
 use std::path::PathBuf;

@@ -108,6 +108,16 @@ impl Registry {
             Ok(s) => s,
             Err(e) => return fail(self, e.to_string()),
         };
+        // LIO's cmd_time_out: commands it may have failed back never run
+        // (see `crate::expiry`).
+        let cmd_time_out = store
+            .attrib_path("cmd_time_out")
+            .map_err(|e| e.to_string())
+            .and_then(|p| super::stall::read_cmd_time_out(&p).map(|t| (p, t)));
+        let cmd_time_out = match cmd_time_out {
+            Ok(t) => t,
+            Err(e) => return fail(self, format!("cmd_time_out: {e}")),
+        };
         // Task management notifications in the ring (logged and counted).
         if let Err(e) = store.set_attrib("tmr_notification", "1") {
             log::warn!("{label}: cannot turn on tmr_notification: {e}");
@@ -159,11 +169,13 @@ impl Registry {
             backing,
             self.poll_spin,
             self.defaults.clone(),
+            cmd_time_out,
         ) {
             Ok(dev) => dev,
             Err(e) => return fail(self, format!("eventfd: {e}")),
         };
         crate::stats::DeviceStats::count(&dev.stats.ring_resets);
+        dev.log_timing();
         let crew = match Crew::start(&format!("sg-{}", d.uio), dev, cap, self.budget.clone()) {
             Ok(c) => c,
             Err(e) => return fail(self, format!("cannot start a thread: {e}")),

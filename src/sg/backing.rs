@@ -193,6 +193,20 @@ impl Backing {
         self.file.as_raw_fd()
     }
 
+    /// The SG_IO timeout the config string asks for.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms as u64)
+    }
+
+    /// The kernel's floor for an SG_IO timeout on the node served.
+    pub fn sg_floor(&self) -> std::time::Duration {
+        if self.info.block {
+            crate::expiry::BLOCK_SG_FLOOR
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
     /// How many commands may be in flight at once: the device's queue
     /// depth, lowered by `max_inflight`, and at most sg's per-file limit
     /// when driven through an sg node.

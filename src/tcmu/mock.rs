@@ -12,9 +12,16 @@
 //! from the last cleaned position to `cmd_tail`, PAD and TMR skipped, and
 //! an unknown cmd_id breaks the ring. The configfs actions `block_dev` and
 //! `reset_ring` behave as `tcmu_block_dev` and `tcmu_reset_ring`.
+//!
+//! It keeps a clock of its own, moved on by the test (`advance`): with a
+//! `cmd_time_out` set, a command queued at `t` is failed back to the
+//! initiator at `t + cmd_time_out` as `tcmu_check_expired_ring_cmd` does
+//! (the earliest the kernel can; it rounds up), and its entry stays in the
+//! ring; its completion by the handler is then taken quietly.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::abi::*;
 use super::mapping::Mapping;
@@ -68,6 +75,10 @@ struct MockCmd {
     blocks: Vec<u64>,
     iovs: Vec<(u64, u64)>,
     data_in: u64,
+    /// When LIO fails it back (None: cmd_time_out 0).
+    deadline: Option<Instant>,
+    /// Failed back already: the initiator was told.
+    expired: bool,
 }
 
 pub struct MockKernel {
@@ -88,6 +99,14 @@ pub struct MockKernel {
     pub completed: Vec<Completed>,
     /// PAD entries written so far.
     pub pads: usize,
+    /// The mock's clock and LIO's cmd_time_out (zero: never).
+    clock: Instant,
+    cmd_time_out: Duration,
+    /// Commands failed back to the initiator when their time ran out, and
+    /// when.
+    pub failed_back: Vec<(u16, Instant)>,
+    /// Completions of commands already failed back (taken quietly).
+    pub late: Vec<Completed>,
 }
 
 impl MockKernel {
@@ -120,7 +139,42 @@ impl MockKernel {
             blocked: false,
             completed: Vec::new(),
             pads: 0,
+            clock: Instant::now(),
+            cmd_time_out: Duration::ZERO,
+            failed_back: Vec::new(),
+            late: Vec::new(),
         }
+    }
+
+    /// The mock's clock.
+    pub fn now(&self) -> Instant {
+        self.clock
+    }
+
+    /// LIO's `cmd_time_out` for commands queued from now on.
+    pub fn set_cmd_time_out(&mut self, t: Duration) {
+        self.cmd_time_out = t;
+    }
+
+    /// Moves the clock on; commands whose time ran out are failed back.
+    pub fn advance(&mut self, d: Duration) {
+        self.clock += d;
+        for (id, c) in self.commands.iter_mut() {
+            if !c.expired && c.deadline.is_some_and(|t| t <= self.clock) {
+                c.expired = true;
+                self.failed_back.push((*id, self.clock));
+            }
+        }
+    }
+
+    /// Whether command `cmd_id` (outstanding) was failed back already.
+    pub fn expired(&self, cmd_id: u16) -> bool {
+        self.commands.get(&cmd_id).is_some_and(|c| c.expired)
+    }
+
+    /// When LIO fails command `cmd_id` back unless it completes first.
+    pub fn deadline(&self, cmd_id: u16) -> Option<Instant> {
+        self.commands.get(&cmd_id).and_then(|c| c.deadline)
     }
 
     pub fn mapping(&self) -> Arc<Mapping> {
@@ -194,6 +248,9 @@ impl MockKernel {
         let status = if level == 1 { 0x08 } else { 0x02 };
         for (id, cmd) in std::mem::take(&mut self.commands) {
             self.free_blocks.extend(cmd.blocks.iter().rev());
+            if cmd.expired {
+                continue;
+            }
             self.completed.push(Completed {
                 cmd_id: id,
                 status,
@@ -291,12 +348,15 @@ impl MockKernel {
             .write_u64(entry + REQ_CDB_OFF as u64, cdb_off)
             .unwrap();
         let data_in = if let MockData::In(n) = data { n } else { 0 };
+        let deadline = (!self.cmd_time_out.is_zero()).then(|| self.clock + self.cmd_time_out);
         self.commands.insert(
             id,
             MockCmd {
                 blocks,
                 iovs,
                 data_in,
+                deadline,
+                expired: false,
             },
         );
         self.set_head((head + size) % self.cmdr_size);
@@ -389,14 +449,19 @@ impl MockKernel {
                 }
             }
             self.free_blocks.extend(cmd.blocks.iter().rev());
-            self.completed.push(Completed {
+            let done = Completed {
                 cmd_id: id,
                 status,
                 sense,
                 uflags,
                 read_len,
                 data,
-            });
+            };
+            if cmd.expired {
+                self.late.push(done);
+            } else {
+                self.completed.push(done);
+            }
             n += 1;
             self.last_cleaned = (self.last_cleaned + len) % self.cmdr_size;
         }

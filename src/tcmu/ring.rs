@@ -73,6 +73,11 @@ pub struct CmdRequest {
     /// Data-in iovecs of a bidirectional command.
     pub bidi_iovs: Vec<DataIov>,
     pub dif_cnt: u32,
+    /// When the ring read before the one that found this command looked at
+    /// `cmd_head`: the command was published after that, so LIO's deadline
+    /// for it is no earlier than this plus `cmd_time_out` (see
+    /// `crate::expiry`). Set by the ring.
+    pub seen_after: Option<std::time::Instant>,
     /// When the handler read it (set by the handler, for its latency
     /// figures; the ring leaves it alone).
     pub read_at: Option<std::time::Instant>,
@@ -160,6 +165,9 @@ pub struct Ring {
     cursor: usize,
     /// Our copy of cmd_tail.
     tail: usize,
+    /// When the last read (or the validation of the empty ring) loaded
+    /// `cmd_head`: every entry found later was published after it.
+    last_scan: std::time::Instant,
     /// Entries read and not yet passed by the tail, in ring order.
     slots: VecDeque<Slot>,
     /// Commands read and not yet completed.
@@ -177,6 +185,12 @@ impl Ring {
     /// them are commands it already completed, and their ids may belong to
     /// new commands by now.
     pub fn new(map: Arc<Mapping>) -> Result<Self, RingError> {
+        Self::new_at(map, std::time::Instant::now())
+    }
+
+    /// As `new`, with `now` taken before the ring is looked at (a clock of
+    /// the caller's: the mock kernel's, in tests).
+    pub fn new_at(map: Arc<Mapping>, now: std::time::Instant) -> Result<Self, RingError> {
         let version = map.read_u16(MB_VERSION as u64)?;
         if version != MAILBOX_VERSION {
             return Err(RingError::Version(version));
@@ -217,6 +231,7 @@ impl Ring {
             flags,
             cursor: tail,
             tail,
+            last_scan: now,
             slots: VecDeque::new(),
             outstanding: Box::new([0; 1024]),
             n_outstanding: 0,
@@ -283,18 +298,27 @@ impl Ring {
     /// is bounded: it stops at `cmd_head` and each step must advance by a
     /// positive, aligned length that does not pass the head.
     pub fn poll(&mut self) -> Result<Vec<Entry>, RingError> {
+        self.poll_at(std::time::Instant::now())
+    }
+
+    /// As `poll`, with `now` taken before the call.
+    pub fn poll_at(&mut self, now: std::time::Instant) -> Result<Vec<Entry>, RingError> {
         let mut out = Vec::new();
-        self.poll_recycling(&mut out, &mut Vec::new())?;
+        self.poll_recycling(now, &mut out, &mut Vec::new())?;
         Ok(out)
     }
 
     /// As `poll`, appending to `out` and filling commands from `spare`
-    /// (spent requests whose buffers are reused) before allocating new ones.
+    /// (spent requests whose buffers are reused) before allocating new
+    /// ones. `now` must be taken before the call: the commands found in the
+    /// next call get it as their `seen_after`.
     pub fn poll_recycling(
         &mut self,
+        now: std::time::Instant,
         out: &mut Vec<Entry>,
         spare: &mut Vec<CmdRequest>,
     ) -> Result<(), RingError> {
+        let seen_after = std::mem::replace(&mut self.last_scan, now);
         let head = self.map.load_acquire_u32(MB_CMD_HEAD as u64)?;
         if head as usize >= self.cmdr_size || !(head as usize).is_multiple_of(OP_ALIGN) {
             return Err(RingError::Head(head));
@@ -324,7 +348,7 @@ impl Ring {
                 OP_TMR => (SlotKind::Skip, Some(self.read_tmr(abs, len)?)),
                 OP_CMD => (
                     SlotKind::Cmd(cmd_id),
-                    Some(self.read_cmd(abs, len, cmd_id, spare)?),
+                    Some(self.read_cmd(abs, len, cmd_id, seen_after, spare)?),
                 ),
                 _ => (SlotKind::Cmd(cmd_id), Some(Entry::Unknown { cmd_id, op })),
             };
@@ -364,11 +388,15 @@ impl Ring {
         abs: u64,
         len: usize,
         cmd_id: u16,
+        seen_after: std::time::Instant,
         spare: &mut Vec<CmdRequest>,
     ) -> Result<Entry, RingError> {
         let mut c = spare.pop().unwrap_or_default();
         match self.parse_cmd(abs, len, cmd_id, &mut c) {
-            Ok(()) => Ok(Entry::Cmd(c)),
+            Ok(()) => {
+                c.seen_after = Some(seen_after);
+                Ok(Entry::Cmd(c))
+            }
             Err(r) => {
                 spare.push(c);
                 match r {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use tcmu_sg::dma::ChunkIo;
+use tcmu_sg::error::CmdError;
 use tcmu_sg::scsi::cdb::{RwCdb, RwKind};
 use tcmu_sg::scsi::sense::{code, fixed_sense, SgResult};
 use tcmu_sg::tcmu::mapping::Mapping;
@@ -44,7 +45,11 @@ impl RamDisk {
     }
 
     /// The I/O function: the context is (disk, mapping).
-    pub fn io(ctx: &mut (&mut RamDisk, &Mapping), io: &ChunkIo<'_>) -> SgResult {
+    pub fn io(ctx: &mut (&mut RamDisk, &Mapping), io: &ChunkIo<'_>) -> Result<SgResult, CmdError> {
+        Ok(Self::answer(ctx, io))
+    }
+
+    fn answer(ctx: &mut (&mut RamDisk, &Mapping), io: &ChunkIo<'_>) -> SgResult {
         let (disk, map) = ctx;
         disk.cdbs.push(io.cdb.to_vec());
         let Ok(Some(rw)) = RwCdb::parse(io.cdb) else {
