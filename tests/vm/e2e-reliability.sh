@@ -3,14 +3,16 @@
 # with out-of-order completions (kill -9, three times), a backing disk that
 # is deleted and comes back (and a path that comes back as another disk),
 # task management under load, a backing disk that stops answering while
-# another device of the daemon keeps its speed, and hostile config strings.
+# another device of the daemon keeps its speed, hostile config strings, and
+# a daemon stopped past LIO's cmd_time_out: no command the kernel failed
+# back runs afterwards.
 #
 #   e2e-reliability.sh TCMU_SG_BINARY LIO_HELPER [SECTIONS]
 #   (SECTIONS: the numbers of the sections to run, e.g. "1"; default all)
 set -uo pipefail
 BIN=${1:?usage: e2e-reliability.sh TCMU_SG_BINARY LIO_HELPER}
 LIO=${2:?usage: e2e-reliability.sh TCMU_SG_BINARY LIO_HELPER}
-SECTIONS=${3:-1 2 3 4 5}
+SECTIONS=${3:-1 2 3 4 5 6}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 SGIO="python3 $HERE/sgio.py"
@@ -216,6 +218,105 @@ check "check-config refuses an over-long string" refused_in_one_line "sg//dev/$(
 check "check-config refuses non-UTF-8 bytes" refused_in_one_line "$(printf 'sg//dev/sd\xff\xfe')"
 check "check-config refuses a path outside /dev" refused_in_one_line sg//etc/passwd
 check "check-config refuses a /dev link that leads outside /dev" refused_in_one_line sg//dev/tcmu-sg-outside
+fi
+
+# --- 6. no stale write after a stall -------------------------------------
+# z0 serves DISKS[0] with LIO's cmd_time_out at 10 s. DISKS[3] is another
+# LUN of the same scsi_debug store: a second path to the same blocks, as a
+# second gateway or a retry path would be. The daemon is stopped; a WRITE
+# of "A" queued on z0 is failed back by LIO after 10 s; "B" is then written
+# to the same blocks through the second path; the daemon is resumed. The
+# "A" must never reach the medium, and a WRITE queued after the resume
+# must.
+if want 6; then
+B=${DISKS[0]}; OTHER=${DISKS[3]}
+LUN=$(timeout 90 "$BIN" export --name z0 --attrib cmd_time_out=10 --options "timeout_s=2" "$B") \
+    || { bad "export z0"; finish; }
+LSG=$(sg_of "$LUN")
+X=409600                                 # LBA of byte 200 MiB: 8 blocks of 512
+W10=2a000006400000000800                 # WRITE(10) LBA 409600, 8 blocks
+at_x() { dd if="$OTHER" bs=512 skip=$X count=8 iflag=direct 2>/dev/null | head -c 8; }
+for c in A B C; do head -c 4096 /dev/zero | tr '\0' "$c" > /tmp/pat-$c; done
+check "z0 runs with cmd_time_out 10" [ "$(cat /sys/kernel/config/target/core/user_1/z0/attrib/cmd_time_out)" = 10 ]
+kill -STOP $DAEMON
+t0=$(date +%s.%N)
+w=$(timeout 60 $SGIO run "$LSG" $W10 --out /tmp/pat-A)
+t1=$(date +%s.%N)
+echo "WRITE of A while the daemon is stopped: after $(python3 -c "print(round($t1 - $t0, 1))") s: $w"
+check "LIO fails the WRITE back after cmd_time_out (not GOOD, 10 s or more)" \
+    bash -c "grep -q '\"status\": [1-9]' <<< '$w' && python3 -c 'import sys; sys.exit(not ($t1 - $t0 >= 10))'"
+dd if=/tmp/pat-B of="$OTHER" bs=512 seek=$X count=8 oflag=direct conv=notrunc 2>/dev/null
+check "  newer data B written through the second path" [ "$(at_x)" = BBBBBBBB ]
+sleep 4                                  # a stall of about 15 s in all
+kill -CONT $DAEMON
+sleep 3
+echo "after the resume the blocks hold: $(at_x)"
+check "the resumed daemon did not run the failed WRITE: the blocks hold B" [ "$(at_x)" = BBBBBBBB ]
+check "  the stall is logged once, with its length and the commands refused" \
+    wait_for 5 grep -qE "z0 \(uio[0-9]+\): stalled [0-9.]+ s .*refused [1-9][0-9]* command" "$LOG"
+w=$(timeout 60 $SGIO run "$LSG" $W10 --out /tmp/pat-C)
+check "a WRITE queued after the resume completes GOOD" grep -q '"status": 0,' <<< "$w"
+check "  and reaches the backing device" [ "$(at_x)" = CCCCCCCC ]
+check "  the status report counts the refused command" \
+    bash -c "$BIN status --json | python3 -c 'import json,sys; d=[x for x in json.load(sys.stdin)[\"devices\"] if x[\"name\"].endswith(\"/z0\")][0]; sys.exit(not d[\"counters\"][\"stale_refused\"] >= 1)'"
+
+# The same under load: fio writes and verifies through a dm-multipath map
+# whose first path is z0 and whose second is the other LUN (failover
+# groups, as multipath-tools builds for an active/passive pair). Each
+# cycle: the daemon stops; a fio pass hangs on z0 until LIO fails its
+# commands back (10 s), dm-multipath fails the path and finishes the pass
+# on the second; a second pass with another seed writes newer data
+# everywhere through it while the daemon is still stopped; the daemon
+# resumes. Commands of the first pass left in z0's ring would, if run,
+# write older data over the second pass's: the region must read the same
+# on the backing device before and after the resume, and fio checks there
+# that it holds the second pass's data (fio's own check alone would not
+# see a stale block: each holds a valid header and checksum of its own).
+modprobe dm_multipath
+A_DEV=$(lsblk -dno MAJ:MIN "$LUN" | tr -d ' '); O_DEV=$(lsblk -dno MAJ:MIN "$OTHER" | tr -d ' ')
+SECT=$(blockdev --getsz "$LUN")
+DM_DISABLE_UDEV=1 dmsetup create z0mp --table \
+    "0 $SECT multipath 0 0 2 1 round-robin 0 1 1 $A_DEV 1000 round-robin 0 1 1 $O_DEV 1000" \
+    || { bad "dmsetup create z0mp"; finish; }
+MAP=/dev/mapper/z0mp
+pass() { # DEV SEED [fio options]: one pass of 4 MiB 4k random writes, verified
+    local dev=$1 seed=$2; shift 2
+    fio --name=z --filename="$dev" --rw=randwrite --bs=4k --offset=208M --size=4M --iodepth=16 \
+        --ioengine=libaio --direct=1 --verify=crc32c --verify_fatal=1 --randseed="$seed" "$@" \
+        --output=/vm-out/stale-$seed.txt > /dev/null 2>&1 && grep -q 'err= 0' /vm-out/stale-$seed.txt
+}
+region() { dd if="$OTHER" bs=1M skip=208 count=4 iflag=direct of="$1" 2>/dev/null; }
+# The 4 KiB blocks in which two copies of the region differ.
+blocks_changed() { python3 -c 'import sys; a, b = (open(f, "rb").read() for f in sys.argv[1:]); print(sum(a[i:i + 4096] != b[i:i + 4096] for i in range(0, max(len(a), len(b)), 4096)))' "$1" "$2"; }
+path_state() { dmsetup status z0mp | tr ' ' '\n' | grep -A1 "^$A_DEV\$" | tail -1; }
+cycles_ok=0
+for k in 1 2 3; do
+    kill -STOP $DAEMON
+    t0=$(date +%s.%N)
+    pass "$MAP" $((100 + k)); r1=$?
+    t1=$(date +%s.%N)
+    failed=$(path_state)
+    pass "$MAP" $((200 + k)); r2=$?
+    region /tmp/region-before
+    kill -CONT $DAEMON
+    sleep 3
+    region /tmp/region-after
+    changed=$(blocks_changed /tmp/region-before /tmp/region-after)
+    pass "$OTHER" $((200 + k)) --verify_only; r3=$?
+    dmsetup message z0mp 0 "reinstate_path $A_DEV"; dmsetup message z0mp 0 "switch_group 1"
+    echo "cycle $k: pass over the stall rc $r1 in $(python3 -c "print(round($t1 - $t0, 1))") s (z0 path $failed), newer pass rc $r2, blocks the resume changed: $changed, fio's check on the backing device rc $r3, z0 path now $(path_state)"
+    [ $r1 -eq 0 ] && [ "$failed" = F ] && [ $r2 -eq 0 ] && [ "$changed" = 0 ] && [ $r3 -eq 0 ] && cycles_ok=$((cycles_ok + 1))
+done
+check "fio over the map survives three stalls; the backing device holds the newest data each time" [ "$cycles_ok" -eq 3 ]
+pass "$MAP" 300; r=$?
+check "  after the last resume, fio writes and verifies through z0 again" \
+    bash -c "[ $r -eq 0 ] && [ '$(path_state)' = A ]"
+grep -E 'z0 \(uio[0-9]+\): stalled' "$LOG" | sed 's/ (the longest.*unrun)//' | tail -4
+check "  each stall is logged once (four lines: the single WRITE and three cycles)" \
+    [ "$(grep -cE 'z0 \(uio[0-9]+\): stalled' "$LOG")" -eq 4 ]
+dmsetup remove z0mp
+check "no 'ring is broken'" bash -c "! dmesg | grep -q 'ring is broken'"
+timeout 60 "$BIN" unexport --name z0 || bad "unexport z0"
 fi
 
 # --- shutdown -----------------------------------------------------------------
