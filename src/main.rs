@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tcmu_sg::settings::{self, LogTarget, Settings};
 
 #[derive(Parser)]
@@ -20,41 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon in the foreground.
-    Run {
-        /// The settings file (TOML); command-line options override it.
-        #[arg(long, default_value = tcmu_sg::settings::DEFAULT_PATH)]
-        config: PathBuf,
-        /// error, warn, info, debug or trace (default: the settings file's,
-        /// else info).
-        #[arg(long)]
-        log_level: Option<log::LevelFilter>,
-        /// stderr, syslog or journald (stderr with priority prefixes).
-        #[arg(long)]
-        log_target: Option<String>,
-        /// Log to syslog (daemon facility): --log-target syslog.
-        #[arg(long)]
-        syslog: bool,
-        /// The most SG_IO threads of all devices together (default 1024;
-        /// each device's first thread is outside the bound).
-        #[arg(long, alias = "workers")]
-        max_threads: Option<usize>,
-        /// Do not serve targetcli on the D-Bus system bus.
-        #[arg(long)]
-        no_dbus: bool,
-        /// After serving commands, keep checking each ring this many
-        /// microseconds before sleeping (lower latency, more CPU). 0: off.
-        #[arg(long)]
-        poll_us: Option<u64>,
-        /// Complete commands in ring order even where the kernel accepts
-        /// out-of-order completion (a slow command then holds back the
-        /// completions behind it; for comparison).
-        #[arg(long)]
-        in_order: bool,
-        /// The Unix socket `tcmu-sg status` asks (default: the settings
-        /// file's, else /run/tcmu-sg/status.sock).
-        #[arg(long)]
-        status_socket: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Show what the running daemon is doing: one row per device (uio,
     /// LIO name, backing device, state, in flight, IOPS, MB/s, latency,
     /// errors).
@@ -87,39 +53,7 @@ enum Cmd {
     },
     /// Create a user:sg backstore over BACKING and export it through tcm_loop
     /// (the daemon must be running); prints the initiator's block device.
-    Export {
-        /// Backing SCSI device (/dev/sdX, /dev/sgN, /dev/disk/by-*/...).
-        backing: std::path::PathBuf,
-        /// Backstore name.
-        #[arg(long)]
-        name: String,
-        /// user_<hba> directory number.
-        #[arg(long, default_value_t = 1)]
-        hba: u32,
-        /// Extra config options, e.g. "max_xfer_kb=64;timeout_s=10".
-        #[arg(long)]
-        options: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        lun: u64,
-        /// loop (tcm_loop, a local disk) or iscsi.
-        #[arg(long, default_value = "loop")]
-        fabric: String,
-        /// iSCSI portal (ip:port).
-        #[arg(long, default_value = "127.0.0.1:3260")]
-        portal: String,
-        /// iSCSI initiator IQN to give access; default: the one in
-        /// /etc/iscsi/initiatorname.iscsi, or any initiator if none.
-        #[arg(long)]
-        initiator: Option<String>,
-        /// Device attribute to set before the LUN is exported (repeatable),
-        /// e.g. pgr_support=0 to pass reservations to the backing device.
-        #[arg(long = "attrib", value_name = "NAME=VALUE")]
-        attribs: Vec<String>,
-        /// Ring setting written before the device is enabled (repeatable):
-        /// hw_max_sectors, max_data_area_mb or data_pages_per_blk.
-        #[arg(long = "control", value_name = "NAME=VALUE")]
-        control: Vec<String>,
-    },
+    Export(ExportArgs),
     /// Print and check the raw entries queued on an unserved device
     /// (diagnostics; the device must not be served by a running daemon).
     #[command(hide = true)]
@@ -146,6 +80,86 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         hba: u32,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The settings file (TOML); command-line options override it.
+    #[arg(long, default_value = tcmu_sg::settings::DEFAULT_PATH)]
+    config: PathBuf,
+    /// error, warn, info, debug or trace (default: the settings file's,
+    /// else info).
+    #[arg(long)]
+    log_level: Option<log::LevelFilter>,
+    /// stderr, syslog or journald (stderr with priority prefixes).
+    #[arg(long)]
+    log_target: Option<String>,
+    /// Log to syslog (daemon facility): --log-target syslog.
+    #[arg(long)]
+    syslog: bool,
+    /// The most SG_IO threads of all devices together (default 1024;
+    /// each device's first thread is outside the bound).
+    #[arg(long, alias = "workers")]
+    max_threads: Option<usize>,
+    /// Do not serve targetcli on the D-Bus system bus.
+    #[arg(long)]
+    no_dbus: bool,
+    /// After serving commands, keep checking each ring this many
+    /// microseconds before sleeping (lower latency, more CPU). 0: off.
+    #[arg(long)]
+    poll_us: Option<u64>,
+    /// Complete commands in ring order even where the kernel accepts
+    /// out-of-order completion (a slow command then holds back the
+    /// completions behind it; for comparison).
+    #[arg(long)]
+    in_order: bool,
+    /// The Unix socket `tcmu-sg status` asks (default: the settings
+    /// file's, else /run/tcmu-sg/status.sock).
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
+}
+
+/// How `export` makes the LUN reachable.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FabricKind {
+    /// tcm_loop: a local SCSI disk.
+    Loop,
+    /// LIO's iSCSI target.
+    Iscsi,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Backing SCSI device (/dev/sdX, /dev/sgN, /dev/disk/by-*/...).
+    backing: std::path::PathBuf,
+    /// Backstore name.
+    #[arg(long)]
+    name: String,
+    /// user_<hba> directory number.
+    #[arg(long, default_value_t = 1)]
+    hba: u32,
+    /// Extra config options, e.g. "max_xfer_kb=64;timeout_s=10".
+    #[arg(long)]
+    options: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    lun: u64,
+    #[arg(long, value_enum, default_value_t = FabricKind::Loop)]
+    fabric: FabricKind,
+    /// iSCSI portal (ip:port).
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    portal: String,
+    /// iSCSI initiator IQN to give access; default: the one in
+    /// /etc/iscsi/initiatorname.iscsi, or any initiator if none.
+    #[arg(long)]
+    initiator: Option<String>,
+    /// Device attribute to set before the LUN is exported (repeatable),
+    /// e.g. pgr_support=0 to pass reservations to the backing device.
+    #[arg(long = "attrib", value_name = "NAME=VALUE")]
+    attribs: Vec<String>,
+    /// Ring setting written before the device is enabled (repeatable):
+    /// hw_max_sectors, max_data_area_mb or data_pages_per_blk.
+    #[arg(long = "control", value_name = "NAME=VALUE")]
+    control: Vec<String>,
 }
 
 /// Logs to stderr: `tcmu-sg[LEVEL]: message`, or with journald's
@@ -244,79 +258,190 @@ fn local_initiator_name() -> Option<String> {
         .find_map(|l| l.trim().strip_prefix("InitiatorName=").map(str::to_string))
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::CheckConfig { cfgstring } => match cfgstring
-            .into_string()
-            .map_err(|_| tcmu_sg::config::ConfigError::BadChar.to_string())
-            .and_then(|s| tcmu_sg::sg::backing::check_config(&s))
-        {
-            Ok(desc) => {
-                println!("{desc}");
-                ExitCode::SUCCESS
-            }
-            Err(why) => {
-                println!("{why}");
-                ExitCode::from(1)
-            }
-        },
-        Cmd::Export {
-            backing,
-            name,
-            hba,
-            options,
-            lun,
-            fabric,
-            portal,
-            initiator,
-            attribs,
-            control,
-        } => {
-            let fabric = match fabric.as_str() {
-                "loop" => tcmu_sg::export::Fabric::Loop,
-                "iscsi" => tcmu_sg::export::Fabric::Iscsi {
-                    portal,
-                    initiator: initiator.or_else(local_initiator_name),
-                },
-                other => {
-                    eprintln!("tcmu-sg export: unknown fabric '{other}' (loop or iscsi)");
-                    return ExitCode::from(2);
-                }
-            };
-            let mut pairs = Vec::new();
-            for a in attribs {
-                let Some((k, v)) = a.split_once('=') else {
-                    eprintln!("tcmu-sg export: --attrib {a}: expected NAME=VALUE");
-                    return ExitCode::from(2);
-                };
-                pairs.push((k.to_string(), v.to_string()));
-            }
-            let spec = tcmu_sg::export::ExportSpec {
-                name,
-                hba,
-                options,
-                backing,
-                lun,
-                fabric,
-                attribs: pairs,
-                control,
-            };
-            match tcmu_sg::export::export(&configfs::Target::default(), &spec) {
-                Ok(tcmu_sg::export::Exported::Local(dev)) => {
-                    println!("{}", dev.display());
-                    ExitCode::SUCCESS
-                }
-                Ok(tcmu_sg::export::Exported::Iscsi(iqn)) => {
-                    println!("{iqn}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("tcmu-sg export: {e}");
-                    ExitCode::from(1)
-                }
-            }
+/// Says what failed; exit code 1.
+fn failed(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tcmu-sg {cmd}: {e}");
+    ExitCode::from(1)
+}
+
+fn check_config(cfgstring: std::ffi::OsString) -> ExitCode {
+    match cfgstring
+        .into_string()
+        .map_err(|_| tcmu_sg::config::ConfigError::BadChar.to_string())
+        .and_then(|s| tcmu_sg::sg::backing::check_config(&s))
+    {
+        Ok(desc) => {
+            println!("{desc}");
+            ExitCode::SUCCESS
         }
+        Err(why) => {
+            println!("{why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn export(a: ExportArgs) -> ExitCode {
+    let fabric = match a.fabric {
+        FabricKind::Loop => tcmu_sg::export::Fabric::Loop,
+        FabricKind::Iscsi => tcmu_sg::export::Fabric::Iscsi {
+            portal: a.portal,
+            initiator: a.initiator.or_else(local_initiator_name),
+        },
+    };
+    let mut attribs = Vec::new();
+    for kv in a.attribs {
+        let Some((k, v)) = kv.split_once('=') else {
+            eprintln!("tcmu-sg export: --attrib {kv}: expected NAME=VALUE");
+            return ExitCode::from(2);
+        };
+        attribs.push((k.to_string(), v.to_string()));
+    }
+    let spec = tcmu_sg::export::ExportSpec {
+        name: a.name,
+        hba: a.hba,
+        options: a.options,
+        backing: a.backing,
+        lun: a.lun,
+        fabric,
+        attribs,
+        control: a.control,
+    };
+    match tcmu_sg::export::export(&configfs::Target::default(), &spec) {
+        Ok(tcmu_sg::export::Exported::Local(dev)) => {
+            println!("{}", dev.display());
+            ExitCode::SUCCESS
+        }
+        Ok(tcmu_sg::export::Exported::Iscsi(iqn)) => {
+            println!("{iqn}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed("export", e),
+    }
+}
+
+fn gen_man(dir: &std::path::Path) -> ExitCode {
+    let write = |cmd: clap::Command, name: &str| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(dir.join(format!("{name}.8")))?;
+        clap_mangen::Man::new(cmd).section("8").render(&mut f)
+    };
+    let cli = Cli::command();
+    let mut r = std::fs::create_dir_all(dir).and_then(|_| write(cli.clone(), "tcmu-sg"));
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("tcmu-sg-{}", sub.get_name());
+        r = r.and_then(|_| write(sub.clone().name(name.clone()), &name));
+    }
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed("gen-man", e),
+    }
+}
+
+/// `tcmu-sg run`: the settings file, overridden by the command line (now
+/// and at every SIGHUP reload), then the daemon until SIGTERM.
+fn run(a: RunArgs) -> ExitCode {
+    let RunArgs {
+        config,
+        log_level,
+        log_target,
+        syslog,
+        max_threads,
+        no_dbus,
+        poll_us,
+        in_order,
+        status_socket,
+    } = a;
+    // The file at the default path may be absent; one named on the
+    // command line must exist.
+    let required = config != std::path::Path::new(settings::DEFAULT_PATH);
+    let file = match settings::load(&config, required) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tcmu-sg: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let apply_cli = move |mut s: Settings| -> Result<Settings, String> {
+        if let Some(l) = log_level {
+            s.log.level = l.to_string().to_lowercase();
+        }
+        if syslog {
+            s.log.target = "syslog".into();
+        }
+        if let Some(t) = &log_target {
+            s.log.target = t.clone();
+        }
+        if let Some(n) = max_threads {
+            s.io.max_threads = n;
+        }
+        if let Some(p) = poll_us {
+            s.io.poll_us = p;
+        }
+        if let Some(p) = &status_socket {
+            s.status.socket = p.clone();
+        }
+        settings::parse(&toml_of(&s)).map_err(|e| format!("command line: {e}"))
+    };
+    let s = match apply_cli(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tcmu-sg: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(s.log_level(), s.log_target()) {
+        eprintln!("tcmu-sg: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = tcmu_sg::sys::install_stop_handlers() {
+        log::error!("signals: {e}");
+        return ExitCode::from(2);
+    }
+    let target = s.log.target.clone();
+    let reload_path = config.clone();
+    let reload: tcmu_sg::daemon::Reloader = Box::new(move || {
+        let n = settings::load(&reload_path, required).and_then(&apply_cli)?;
+        if n.log.target != target {
+            log::warn!("log.target changes at the next start");
+        }
+        Ok(tcmu_sg::daemon::Reloaded {
+            log_level: n.log_level(),
+            max_threads: n.io.max_threads,
+            defaults: n.defaults,
+        })
+    });
+    let opts = tcmu_sg::daemon::Options {
+        dbus: !no_dbus,
+        poll_spin: std::time::Duration::from_micros(s.io.poll_us),
+        in_order,
+        max_threads: s.io.max_threads,
+        defaults: s.defaults,
+        status_socket: Some(s.status.socket.clone()),
+        reload: Some(reload),
+        ..Default::default()
+    };
+    log::info!(
+        "tcmu-sg {} starting (settings {}; at most {} SG_IO threads)",
+        env!("CARGO_PKG_VERSION"),
+        config.display(),
+        opts.max_threads
+    );
+    tcmu_sg::daemon::Daemon::new(opts).run();
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let target = configfs::Target::default;
+    match Cli::parse().cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Status {
+            json,
+            prometheus,
+            watch,
+            socket,
+        } => status(json, prometheus, watch, &socket),
+        Cmd::CheckConfig { cfgstring } => check_config(cfgstring),
+        Cmd::Export(a) => export(a),
         Cmd::RingDump { device, wait } => {
             match tcmu_sg::inspect::ring_dump(&device, std::time::Duration::from_secs(wait)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -330,50 +455,11 @@ fn main() -> ExitCode {
             name,
             hba,
             cfgstring,
-        } => {
-            match tcmu_sg::export::set_config(&configfs::Target::default(), &name, hba, &cfgstring)
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tcmu-sg set-config: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Cmd::Unexport { name, hba } => {
-            match tcmu_sg::export::unexport(&configfs::Target::default(), &name, hba) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tcmu-sg unexport: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Cmd::Status {
-            json,
-            prometheus,
-            watch,
-            socket,
-        } => status(json, prometheus, watch, &socket),
-        Cmd::GenMan { dir } => {
-            let write = |cmd: clap::Command, name: &str| -> std::io::Result<()> {
-                let mut f = std::fs::File::create(dir.join(format!("{name}.8")))?;
-                clap_mangen::Man::new(cmd).section("8").render(&mut f)
-            };
-            let cli = Cli::command();
-            let mut r = std::fs::create_dir_all(&dir).and_then(|_| write(cli.clone(), "tcmu-sg"));
-            for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
-                let name = format!("tcmu-sg-{}", sub.get_name());
-                r = r.and_then(|_| write(sub.clone().name(name.clone()), &name));
-            }
-            match r {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tcmu-sg gen-man: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => tcmu_sg::export::set_config(&target(), &name, hba, &cfgstring)
+            .map_or_else(|e| failed("set-config", e), |()| ExitCode::SUCCESS),
+        Cmd::Unexport { name, hba } => tcmu_sg::export::unexport(&target(), &name, hba)
+            .map_or_else(|e| failed("unexport", e), |()| ExitCode::SUCCESS),
+        Cmd::GenMan { dir } => gen_man(&dir),
         Cmd::GenCompletions { shell } => {
             clap_complete::generate(
                 shell,
@@ -381,96 +467,6 @@ fn main() -> ExitCode {
                 "tcmu-sg",
                 &mut std::io::stdout(),
             );
-            ExitCode::SUCCESS
-        }
-        Cmd::Run {
-            config,
-            log_level,
-            log_target,
-            syslog,
-            max_threads,
-            no_dbus,
-            poll_us,
-            in_order,
-            status_socket,
-        } => {
-            // The file at the default path may be absent; one named on the
-            // command line must exist.
-            let required = config != std::path::Path::new(settings::DEFAULT_PATH);
-            let file = match settings::load(&config, required) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("tcmu-sg: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            // Command-line options override the file, now and at reloads.
-            let apply_cli = move |mut s: Settings| -> Result<Settings, String> {
-                if let Some(l) = log_level {
-                    s.log.level = l.to_string().to_lowercase();
-                }
-                if syslog {
-                    s.log.target = "syslog".into();
-                }
-                if let Some(t) = &log_target {
-                    s.log.target = t.clone();
-                }
-                if let Some(n) = max_threads {
-                    s.io.max_threads = n;
-                }
-                if let Some(p) = poll_us {
-                    s.io.poll_us = p;
-                }
-                if let Some(p) = &status_socket {
-                    s.status.socket = p.clone();
-                }
-                settings::parse(&toml_of(&s)).map_err(|e| format!("command line: {e}"))
-            };
-            let s = match apply_cli(file) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("tcmu-sg: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if let Err(e) = init_logging(s.log_level(), s.log_target()) {
-                eprintln!("tcmu-sg: {e}");
-                return ExitCode::from(2);
-            }
-            if let Err(e) = tcmu_sg::sys::install_stop_handlers() {
-                log::error!("signals: {e}");
-                return ExitCode::from(2);
-            }
-            let target = s.log.target.clone();
-            let reload_path = config.clone();
-            let reload: tcmu_sg::daemon::Reloader = Box::new(move || {
-                let n = settings::load(&reload_path, required).and_then(&apply_cli)?;
-                if n.log.target != target {
-                    log::warn!("log.target changes at the next start");
-                }
-                Ok(tcmu_sg::daemon::Reloaded {
-                    log_level: n.log_level(),
-                    max_threads: n.io.max_threads,
-                    defaults: n.defaults,
-                })
-            });
-            let opts = tcmu_sg::daemon::Options {
-                dbus: !no_dbus,
-                poll_spin: std::time::Duration::from_micros(s.io.poll_us),
-                in_order,
-                max_threads: s.io.max_threads,
-                defaults: s.defaults,
-                status_socket: Some(s.status.socket.clone()),
-                reload: Some(reload),
-                ..Default::default()
-            };
-            log::info!(
-                "tcmu-sg {} starting (settings {}; at most {} SG_IO threads)",
-                env!("CARGO_PKG_VERSION"),
-                config.display(),
-                opts.max_threads
-            );
-            tcmu_sg::daemon::Daemon::new(opts).run();
             ExitCode::SUCCESS
         }
     }
