@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what it needs, then runs formatting and lint
-# checks, the unit and mock-kernel tests, and the end-to-end tests on the
-# real 6.1 kernel in the VM.
+# checks, the unit and mock-kernel tests, and the end-to-end tests on
+# Debian's kernels in the VM (6.1 for every suite, 5.10, 6.12 and 7.x for
+# the handler's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/vm/setup-host.sh >/dev/null
@@ -24,6 +25,12 @@ cargo build --release --quiet
 cargo build --release --quiet -p tcmu-sg-configfs --example lio
 section "VM end-to-end tests: the handler"
 bash tests/vm/run-vm.sh tests/vm/e2e.sh "$PWD/target/release/tcmu-sg"
+# The handler suite on Debian's other kernels: 5.10, 6.12 and the newest
+# backport (7.x); the full suites run on 6.1.
+for k in bullseye trixie trixie-backports; do
+    section "VM end-to-end tests: the handler on $k's kernel"
+    TCMU_SG_VM_KERNEL=$k bash tests/vm/run-vm.sh tests/vm/e2e.sh "$PWD/target/release/tcmu-sg"
+done
 section "VM end-to-end tests: targetcli, iSCSI, reservations, tcmu-runner"
 bash tests/vm/run-vm.sh tests/vm/e2e-users.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
 section "VM end-to-end tests: reliability (restart under load, lost and hung disks, TMR)"

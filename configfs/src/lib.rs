@@ -40,6 +40,19 @@ fn read(path: &Path) -> Result<String> {
         .map_err(io_at(path))
 }
 
+/// The entries of a directory, sorted (none if it cannot be read).
+fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 fn mkdir(path: &Path) -> Result<()> {
     match fs::create_dir(path) {
         Ok(()) => Ok(()),
@@ -257,6 +270,15 @@ impl UserBackstore {
             &self.dir.join("attrib").join(component("attribute", name)?),
             value,
         )
+    }
+
+    /// The names under `action/` and `attrib/` this kernel offers.
+    pub fn actions(&self) -> Vec<String> {
+        list(&self.dir.join("action"))
+    }
+
+    pub fn attribs(&self) -> Vec<String> {
+        list(&self.dir.join("attrib"))
     }
 
     /// Writes `action/<name>` (block_dev, reset_ring, free_kept_buf).

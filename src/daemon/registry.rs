@@ -118,10 +118,15 @@ impl Registry {
             Ok(t) => t,
             Err(e) => return fail(self, format!("cmd_time_out: {e}")),
         };
-        // Task management notifications in the ring (logged and counted).
-        if let Err(e) = store.set_attrib("tmr_notification", "1") {
-            log::warn!("{label}: cannot turn on tmr_notification: {e}");
+        // Task management notifications in the ring (logged and counted),
+        // where the kernel offers them.
+        let tmr = store.attribs().iter().any(|a| a == "tmr_notification");
+        if tmr {
+            if let Err(e) = store.set_attrib("tmr_notification", "1") {
+                log::warn!("{label}: cannot turn on tmr_notification: {e}");
+            }
         }
+        let actions = store.actions();
         // Whatever a previous handler left in the ring completes BUSY (the
         // initiator retries it); nothing it left is read.
         let ring = match attach(uiodev.map.clone(), &mut ConfigfsActions(store)) {
@@ -134,6 +139,19 @@ impl Registry {
             Err(e) => return fail(self, e.to_string()),
         };
         let flags = ring.flags();
+        // What this kernel offers, once per device: nothing is assumed from
+        // one kernel version.
+        log::info!(
+            "{label}: the kernel offers mailbox flags {flags:#x} ({}), actions {}, \
+             task management notification {}",
+            crate::tcmu::abi::describe_flags(flags),
+            if actions.is_empty() {
+                "none".into()
+            } else {
+                actions.join(" ")
+            },
+            if tmr { "on" } else { "not offered" }
+        );
         let backing = open_backing(&d.name.cfg, &self.defaults.read().unwrap());
         let cap = backing.cap();
         match &backing {

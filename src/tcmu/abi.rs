@@ -20,6 +20,31 @@ pub const MAILBOX_FLAG_CAP_TMR: u16 = 1 << 2;
 /// Mailbox flag: `TCMU_UFLAG_KEEP_BUF` is honoured.
 pub const MAILBOX_FLAG_CAP_KEEP_BUF: u16 = 1 << 3;
 
+/// The capabilities a mailbox's flags announce, for logs ("out-of-order
+/// completion, READ_LEN, TMR", or "none").
+pub fn describe_flags(flags: u16) -> String {
+    let names = [
+        (MAILBOX_FLAG_CAP_OOOC, "out-of-order completion"),
+        (MAILBOX_FLAG_CAP_READ_LEN, "READ_LEN"),
+        (MAILBOX_FLAG_CAP_TMR, "TMR"),
+        (MAILBOX_FLAG_CAP_KEEP_BUF, "KEEP_BUF"),
+    ];
+    let mut v: Vec<String> = names
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let unknown = flags & !names.iter().fold(0, |a, (f, _)| a | f);
+    if unknown != 0 {
+        v.push(format!("unknown {unknown:#x}"));
+    }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
 /// Mailbox field offsets.
 pub const MB_VERSION: usize = 0;
 pub const MB_FLAGS: usize = 2;
@@ -227,6 +252,16 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailbox_flags_are_named() {
+        assert_eq!(
+            describe_flags(0x7),
+            "out-of-order completion, READ_LEN, TMR"
+        );
+        assert_eq!(describe_flags(0), "none");
+        assert!(describe_flags(0x18).ends_with("KEEP_BUF, unknown 0x10"));
+    }
 
     #[test]
     fn entry_sizes_match_the_kernel() {

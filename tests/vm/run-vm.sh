@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Boots the Debian 6.1 kernel under QEMU TCG with this machine's root file
+# Boots a Debian kernel (6.1 unless TCMU_SG_VM_KERNEL says otherwise) under
+# QEMU TCG with this machine's root file
 # system shared read-only over 9p (plus a tmpfs overlay), and runs one guest
 # script as root inside it. The script's exit code becomes ours.
 #
 #   run-vm.sh GUEST_SCRIPT [ARGS...]
 #
 #   TCMU_SG_VM_CACHE   kernel and initramfs cache (default /var/cache/tcmu-sg)
+#   TCMU_SG_VM_KERNEL  bookworm (6.1, default), bullseye (5.10), trixie (6.12)
+#                      or trixie-backports (7.x); see kernel.sh
 #   TCMU_SG_VM_MEM     guest memory (default 4G)
 #   TCMU_SG_VM_TIMEOUT seconds before the VM is killed (default 1500)
 #   TCMU_SG_VM_OUT     directory shared read-write as /vm-out in the guest
