@@ -36,6 +36,9 @@ pub fn route(cmd: &CmdRequest, dev: &DeviceParams) -> Result<Route, CmdError> {
     if dir == Direction::Bidirectional {
         return Err(CmdError::Bidirectional);
     }
+    if !dev.class.splits_by_lba() {
+        return Ok(Route::Whole(dir));
+    }
     let Some(rw) = RwCdb::parse(&cmd.cdb)? else {
         return Ok(Route::Whole(dir));
     };
@@ -149,6 +152,21 @@ mod tests {
         // ... but passed whole when it fits.
         let r = route(&cmd(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 8, 0], 4096), &DEV).unwrap();
         assert_eq!(r, Route::Whole(Direction::FromDevice));
+        // A tape's READ(6)/WRITE(6) carry a transfer length, no LBA: a
+        // record over the limit goes whole, with its CDB untouched, on a
+        // tape, a changer or an MMC drive alike.
+        let read6 = [0x08, 0x00, 0x02, 0x00, 0x00, 0];
+        // On a disk the same CDB is 256 blocks from LBA 512: split.
+        let r = route(&cmd(&read6, 131072), &DEV).unwrap();
+        assert!(matches!(r, Route::Split(Direction::FromDevice, _)));
+        for class in [DeviceClass::Stream, DeviceClass::Changer, DeviceClass::Mmc] {
+            let dev = DeviceParams { class, ..DEV };
+            let r = route(&cmd(&read6, 131072), &dev).unwrap();
+            assert_eq!(r, Route::Whole(Direction::FromDevice), "{class:?}");
+            let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+            let r = route(&cmd(&write10, 131072), &dev).unwrap();
+            assert_eq!(r, Route::Whole(Direction::ToDevice), "{class:?}");
+        }
         // Unknown opcode with data: refused.
         let e = route(&cmd(&[0xc5, 0, 0, 0, 0, 0, 0, 0, 8, 0], 4096), &DEV).unwrap_err();
         assert_eq!(e.sense_code(), Some(code::INVALID_OPCODE));

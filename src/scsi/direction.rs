@@ -37,6 +37,16 @@ pub enum DeviceClass {
 }
 
 impl DeviceClass {
+    /// Whether READ/WRITE (6/10/12/16) address logical blocks, so that a
+    /// command too large for the backing device can be split by LBA. Only
+    /// SBC devices (disks, zoned disks, RBC, optical memory): a tape's
+    /// READ(6)/WRITE(6) carry a transfer length and no LBA, so stream
+    /// commands go whole, however large, and the device judges them; MMC
+    /// drives are not split either (as QEMU's scsi-block does not).
+    pub fn splits_by_lba(self) -> bool {
+        self == DeviceClass::Block
+    }
+
     /// From the peripheral device type in INQUIRY byte 0 / sysfs `type`.
     pub fn from_peripheral_type(t: u8) -> DeviceClass {
         match t & 0x1f {
