@@ -6,10 +6,9 @@
 
 use std::path::PathBuf;
 
-/// Default SG_IO timeout: well under TCMU's default 30 s `cmd_time_out`,
-/// so the backing device's answer (or our BUSY) reaches the initiator
-/// before LIO gives up on the command.
-pub const DEFAULT_TIMEOUT_S: u32 = 20;
+/// The largest `timeout_s` and `long_timeout_s`: a day (a tape's long
+/// ERASE takes hours).
+pub const MAX_TIMEOUT_S: u32 = 86_400;
 pub const MAX_CFG_LEN: usize = 1024;
 /// The largest `max_inflight` (SCSI queue depths stop well below).
 pub const MAX_INFLIGHT: u32 = 1024;
@@ -20,8 +19,12 @@ pub struct DevConfig {
     pub path: PathBuf,
     /// Caps the bytes of one command sent to the backing device.
     pub max_xfer_kb: Option<u32>,
-    /// SG_IO timeout in seconds.
-    pub timeout_s: u32,
+    /// SG_IO timeout of every command, in seconds (default: by device
+    /// class and opcode, `scsi::timeouts`).
+    pub timeout_s: Option<u32>,
+    /// SG_IO timeout of a tape's, changer's or MMC drive's long operations
+    /// (REWIND, LOCATE, ERASE, MOVE MEDIUM, ...), in seconds.
+    pub long_timeout_s: Option<u32>,
     /// Caps the commands in flight at the backing device (default: its
     /// queue depth).
     pub max_inflight: Option<u32>,
@@ -39,7 +42,7 @@ pub enum ConfigError {
     Subtype(String),
     #[error("backing device '{0}' is not an absolute path under /dev")]
     Path(String),
-    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s, max_inflight)")]
+    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s, long_timeout_s, max_inflight)")]
     UnknownOption(String),
     #[error("option '{0}' needs a value (key=value)")]
     MissingValue(String),
@@ -77,8 +80,11 @@ fn number(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptionDefaults {
-    /// SG_IO timeout in seconds (`DEFAULT_TIMEOUT_S` when unset).
+    /// SG_IO timeout of every command in seconds (by device class when
+    /// unset).
     pub timeout_s: Option<u32>,
+    /// SG_IO timeout of long tape/changer/MMC operations in seconds.
+    pub long_timeout_s: Option<u32>,
     pub max_xfer_kb: Option<u32>,
     pub max_inflight: Option<u32>,
 }
@@ -116,7 +122,8 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
     let mut c = DevConfig {
         path: PathBuf::from(path),
         max_xfer_kb: d.max_xfer_kb,
-        timeout_s: d.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S),
+        timeout_s: d.timeout_s,
+        long_timeout_s: d.long_timeout_s,
         max_inflight: d.max_inflight,
     };
     let mut seen = Vec::new();
@@ -136,7 +143,24 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
             "max_xfer_kb" => {
                 c.max_xfer_kb = Some(number(k, v, 4, 1 << 20, "expected 4..=1048576 KiB")?);
             }
-            "timeout_s" => c.timeout_s = number(k, v, 1, 3600, "expected 1..=3600 seconds")?,
+            "timeout_s" => {
+                c.timeout_s = Some(number(
+                    k,
+                    v,
+                    1,
+                    MAX_TIMEOUT_S,
+                    "expected 1..=86400 seconds",
+                )?);
+            }
+            "long_timeout_s" => {
+                c.long_timeout_s = Some(number(
+                    k,
+                    v,
+                    1,
+                    MAX_TIMEOUT_S,
+                    "expected 1..=86400 seconds",
+                )?);
+            }
             "max_inflight" => {
                 c.max_inflight = Some(number(k, v, 1, MAX_INFLIGHT, "expected 1..=1024")?);
             }
@@ -154,10 +178,12 @@ mod tests {
     fn good_strings() {
         let c = parse("sg//dev/sdb").unwrap();
         assert_eq!(c.path, PathBuf::from("/dev/sdb"));
-        assert_eq!((c.max_xfer_kb, c.timeout_s), (None, DEFAULT_TIMEOUT_S));
+        assert_eq!((c.max_xfer_kb, c.timeout_s), (None, None));
         let c = parse("sg//dev/disk/by-id/wwn-0x5000;max_xfer_kb=64;timeout_s=5").unwrap();
         assert_eq!(c.path, PathBuf::from("/dev/disk/by-id/wwn-0x5000"));
-        assert_eq!((c.max_xfer_kb, c.timeout_s), (Some(64), 5));
+        assert_eq!((c.max_xfer_kb, c.timeout_s), (Some(64), Some(5)));
+        let c = parse("sg//dev/sg3;long_timeout_s=7200;timeout_s=86400").unwrap();
+        assert_eq!((c.timeout_s, c.long_timeout_s), (Some(86400), Some(7200)));
         assert_eq!(
             parse("sg//dev/sdb;max_inflight=4").unwrap().max_inflight,
             Some(4)
@@ -169,16 +195,17 @@ mod tests {
     fn defaults_fill_what_the_string_leaves_unset() {
         let d = OptionDefaults {
             timeout_s: Some(7),
+            long_timeout_s: Some(3600),
             max_xfer_kb: Some(256),
             max_inflight: None,
         };
         let c = parse_with("sg//dev/sdb;timeout_s=3", &d).unwrap();
         assert_eq!(
-            (c.timeout_s, c.max_xfer_kb, c.max_inflight),
-            (3, Some(256), None)
+            (c.timeout_s, c.long_timeout_s, c.max_xfer_kb, c.max_inflight),
+            (Some(3), Some(3600), Some(256), None)
         );
         let c = parse_with("sg//dev/sdb", &OptionDefaults::default()).unwrap();
-        assert_eq!(c.timeout_s, DEFAULT_TIMEOUT_S);
+        assert_eq!(c.timeout_s, None);
     }
 
     #[test]
@@ -195,6 +222,8 @@ mod tests {
             "sg//dev/sdb;max_xfer_kb=-1",
             "sg//dev/sdb;max_xfer_kb=99999999999",
             "sg//dev/sdb;timeout_s=0",
+            "sg//dev/sdb;timeout_s=86401",
+            "sg//dev/sdb;long_timeout_s=0",
             "sg//dev/sdb;colour=blue",
             "sg//dev/sdb;timeout_s=1;timeout_s=2",
             "sg//dev/sdb;max_inflight=0",

@@ -22,7 +22,7 @@ pub const EXTERNAL_NAME: &str = "org.kernel.TCMUService1.HandlerManager1.sg";
 pub const EXTERNAL_PATH: &str = "/org/kernel/TCMUService1/HandlerManager1/sg";
 
 pub const CONFIG_DESC: &str =
-    "sg/<backing SCSI device>[;max_xfer_kb=N][;timeout_s=N][;max_inflight=N]: \
+    "sg/<backing SCSI device>[;max_xfer_kb=N][;timeout_s=N][;long_timeout_s=N][;max_inflight=N]: \
 passes every SCSI command to the backing device (/dev/sdX, /dev/sgN or /dev/disk/by-*/...) \
 with SG_IO; its status and sense reach the initiator unchanged";
 

@@ -30,7 +30,53 @@
 //! A command that may not start is completed BUSY without touching the
 //! backing device: if LIO still holds it, the initiator retries it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// A point in time for this rule: CLOCK_MONOTONIC_COARSE in nanoseconds
+/// (cheap to read on every SG_IO; it lags the precise clock by up to one
+/// kernel tick, which `CLOCK_SLACK` covers). A test's clock makes its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp(crate::sys::monotonic_coarse_ns())
+    }
+
+    pub const fn from_nanos(ns: u64) -> Stamp {
+        Stamp(ns)
+    }
+
+    pub fn nanos(self) -> u64 {
+        self.0
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl std::ops::Add<Duration> for Stamp {
+    type Output = Stamp;
+    fn add(self, d: Duration) -> Stamp {
+        Stamp(
+            self.0
+                .saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
+        )
+    }
+}
+
+impl std::ops::AddAssign<Duration> for Stamp {
+    fn add_assign(&mut self, d: Duration) {
+        *self = *self + d;
+    }
+}
+
+/// What a coarse clock read can lag behind the precise clock: a kernel
+/// tick (4 ms at HZ=250, 10 ms at HZ=100), with room to spare. Counted
+/// into every wait the rule measures.
+pub const CLOCK_SLACK: Duration = Duration::from_millis(20);
 
 /// The kernel's floor for an SG_IO timeout on a block node
 /// (`BLK_MIN_SG_TIMEOUT`, 7 s); SG_IO on an sg node has none.
@@ -87,6 +133,19 @@ impl Timing {
         }
     }
 
+    /// The shortest `cmd_time_out` (whole seconds) that keeps an SG_IO
+    /// timeout of `wanted` unlowered, with at least a margin of window,
+    /// on a node with this floor.
+    pub fn cmd_time_out_for(wanted: Duration, floor: Duration) -> Duration {
+        (1..)
+            .map(Duration::from_secs)
+            .find(|&t| {
+                let tm = Timing::new(t, wanted, floor);
+                !tm.lowered && tm.window().is_some_and(|w| w >= tm.margin)
+            })
+            .expect("a long enough cmd_time_out exists")
+    }
+
     /// Whether commands expire at all.
     pub fn expires(&self) -> bool {
         !self.cmd_time_out.is_zero()
@@ -106,11 +165,11 @@ impl Timing {
     /// The rule: may an SG_IO start at `now` for a command the ring did not
     /// hold at `seen_after`? An unknown `seen_after` may not, where
     /// commands expire.
-    pub fn may_start(&self, seen_after: Option<Instant>, now: Instant) -> bool {
+    pub fn may_start(&self, seen_after: Option<Stamp>, now: Stamp) -> bool {
         match (self.window(), seen_after) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(w), Some(s)) => !w.is_zero() && now.saturating_duration_since(s) <= w,
+            (Some(w), Some(s)) => !w.is_zero() && now.since(s) + CLOCK_SLACK <= w,
         }
     }
 
@@ -189,26 +248,56 @@ mod tests {
         // Too short to serve at all through a block node.
         let t = Timing::new(S(8), S(2), BLOCK_SG_FLOOR);
         assert_eq!(t.window(), Some(Duration::ZERO));
-        let now = Instant::now();
+        let now = Stamp::now();
         assert!(!t.may_start(Some(now), now));
     }
 
     #[test]
     fn the_rule_bounds_the_wait_from_the_read_before() {
         let t = Timing::new(S(30), S(20), BLOCK_SG_FLOOR);
-        let seen = Instant::now();
+        let seen = Stamp::from_nanos(1 << 40);
         assert!(t.may_start(Some(seen), seen));
-        assert!(t.may_start(Some(seen), seen + S(5)));
-        assert!(!t.may_start(Some(seen), seen + S(5) + Duration::from_millis(1)));
+        let last = seen + (S(5) - CLOCK_SLACK);
+        assert!(t.may_start(Some(seen), last));
+        assert!(!t.may_start(Some(seen), last + Duration::from_millis(1)));
         assert!(!t.may_start(None, seen));
         // Every start it allows ends, SG_IO bound and margin included,
         // before the earliest deadline LIO can have given the command.
         for ms in (0..40_000).step_by(250) {
             let now = seen + Duration::from_millis(ms);
             if t.may_start(Some(seen), now) {
-                assert!(now + t.sg_bound + t.margin <= seen + t.cmd_time_out);
+                // Even if the coarse clock lagged a whole CLOCK_SLACK.
+                assert!(now + CLOCK_SLACK + t.sg_bound + t.margin <= seen + t.cmd_time_out);
             }
         }
+    }
+
+    #[test]
+    fn the_cmd_time_out_a_timeout_needs() {
+        // LIO's default is just what the default disk timeout needs.
+        assert_eq!(Timing::cmd_time_out_for(S(20), BLOCK_SG_FLOOR), S(30));
+        assert_eq!(Timing::cmd_time_out_for(S(2), BLOCK_SG_FLOOR), S(11));
+        assert_eq!(Timing::cmd_time_out_for(S(2), Duration::ZERO), S(6));
+        assert_eq!(Timing::cmd_time_out_for(S(500), Duration::ZERO), S(560));
+        assert_eq!(Timing::cmd_time_out_for(S(14400), Duration::ZERO), S(14460));
+        for w in [1, 7, 19, 20, 21, 90, 120, 121, 500, 3600] {
+            let t = Timing::cmd_time_out_for(S(w), BLOCK_SG_FLOOR);
+            let tm = Timing::new(t, S(w), BLOCK_SG_FLOOR);
+            assert!(!tm.lowered && tm.window().unwrap() >= tm.margin, "{w}");
+            // And not a second less.
+            let tm = Timing::new(t - S(1), S(w), BLOCK_SG_FLOOR);
+            assert!(tm.lowered || tm.window().unwrap() < tm.margin, "{w}");
+        }
+    }
+
+    #[test]
+    fn the_coarse_clock_moves_and_stamps_add() {
+        let a = Stamp::now();
+        std::thread::sleep(Duration::from_millis(30));
+        let b = Stamp::now();
+        assert!(b > a && b.since(a) >= Duration::from_millis(10));
+        assert_eq!(a.since(b), Duration::ZERO);
+        assert_eq!((a + S(2)).since(a), S(2));
     }
 
     #[test]
@@ -216,7 +305,7 @@ mod tests {
         let t = Timing::new(Duration::ZERO, S(600), BLOCK_SG_FLOOR);
         assert!(!t.expires() && t.window().is_none());
         assert_eq!(t.sg_timeout, S(600));
-        assert!(t.may_start(None, Instant::now()));
+        assert!(t.may_start(None, Stamp::now()));
         assert!(t.describe().contains("never"));
     }
 }

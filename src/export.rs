@@ -136,19 +136,45 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
     for kv in &spec.control {
         set_control(&mut control, kv)?;
     }
-    b.create(&control).map_err(|e| e.to_string())?;
+    // LIO's cmd_time_out, before the device is enabled and its handler
+    // attaches: the one given, else one that leaves room for the device's
+    // longest command (a tape's REWIND, hours) as crate::expiry needs.
+    let cmd_time_out = match spec.attribs.iter().find(|(k, _)| k == "cmd_time_out") {
+        Some((_, v)) => v.clone(),
+        None => cmd_time_out_for(&parsed, &info).as_secs().to_string(),
+    };
+    b.create_with(&control, &[("cmd_time_out".into(), cmd_time_out)])
+        .map_err(|e| e.to_string())?;
     // Nothing half-made is left behind: a later failure undoes the export.
-    finish_export(t, spec, &b).inspect_err(|_| {
+    finish_export(t, spec, &b, info.block).inspect_err(|_| {
         let _ = unexport(t, &spec.name, spec.hba);
     })
 }
 
+/// The `cmd_time_out` a device needs for its longest command: LIO's own
+/// default (30 s) for a disk, more for a tape, changer or MMC drive.
+pub fn cmd_time_out_for(cfg: &config::DevConfig, info: &backing::BackingInfo) -> Duration {
+    let longest = backing::timeouts_of(cfg, info.params.class).longest();
+    let floor = if info.block {
+        crate::expiry::BLOCK_SG_FLOOR
+    } else {
+        Duration::ZERO
+    };
+    crate::expiry::Timing::cmd_time_out_for(longest, floor).max(LIO_CMD_TIME_OUT)
+}
+
+/// LIO's default `cmd_time_out` for a TCMU device.
+pub const LIO_CMD_TIME_OUT: Duration = Duration::from_secs(30);
+
+/// `disk`: the initiator will see a block device (the backing has one);
+/// else it gets an sg node (and a tape its st node).
 fn finish_export(
     t: &Target,
     spec: &ExportSpec,
     b: &configfs::UserBackstore,
+    disk: bool,
 ) -> Result<Exported, String> {
-    for (k, v) in &spec.attribs {
+    for (k, v) in spec.attribs.iter().filter(|(k, _)| k != "cmd_time_out") {
         b.set_attrib(k, v)
             .map_err(|e| format!("attribute {k}={v}: {e}"))?;
     }
@@ -160,9 +186,16 @@ fn finish_export(
             let addr = l
                 .add_lun(1, spec.lun, b.path())
                 .map_err(|e| e.to_string())?;
-            addr.wait_block_device(Path::new("/sys"), Duration::from_secs(60))
-                .map(Exported::Local)
-                .map_err(|e| e.to_string())
+            // A disk's block device; a tape's or changer's sg node.
+            let sys = Path::new("/sys");
+            let wait = Duration::from_secs(60);
+            if disk {
+                addr.wait_block_device(sys, wait)
+            } else {
+                addr.wait_sg_device(sys, wait)
+            }
+            .map(Exported::Local)
+            .map_err(|e| e.to_string())
         }
         Fabric::Iscsi { portal, initiator } => {
             let iqn = iqn_for(&spec.name);

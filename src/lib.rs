@@ -28,6 +28,7 @@ pub mod scsi {
     pub mod cdb;
     pub mod direction;
     pub mod sense;
+    pub mod timeouts;
 }
 
 pub mod sg {

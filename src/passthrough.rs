@@ -92,14 +92,25 @@ where
 }
 
 /// The ring completion for an outcome.
+///
+/// A data-in command carries `read_len` (the bytes it moved) when it moved
+/// less than asked, and whenever it moved data with CHECK CONDITION: the
+/// kernel gathers the data area into the initiator's buffer with a CHECK
+/// CONDITION only if `read_len` is given (and not 0), as a tape's read that
+/// meets a longer block (ILI, no residual) or a disk's RECOVERED ERROR
+/// needs; the initiator then gets the data, the sense and the residual, as
+/// from the device itself. A read that moved nothing cannot say so: the
+/// kernel ignores `read_len` 0.
 pub fn completion(cmd_id: u16, dir: Direction, total: u64, o: &Outcome) -> Completion {
     let mut c = Completion::good(cmd_id);
     c.scsi_status = o.status;
-    if o.status == status::CHECK_CONDITION {
+    let check = o.status == status::CHECK_CONDITION;
+    if check {
         c.sense = o.sense;
     }
-    if dir == Direction::FromDevice && o.residual > 0 && o.residual < total {
-        c.read_len = Some((total - o.residual) as u32);
+    let moved = total - o.residual.min(total);
+    if dir == Direction::FromDevice && moved > 0 && (moved < total || check) {
+        c.read_len = Some(moved as u32);
     }
     c
 }
@@ -184,5 +195,22 @@ mod tests {
         let c = completion(3, Direction::FromDevice, 4096, &o);
         assert_eq!(c.scsi_status, 2);
         assert_eq!(c.sense[12], 0x11);
+        // Data moved with CHECK CONDITION travels with the sense, all of it
+        // too (a tape's ILI on a longer block, a RECOVERED ERROR).
+        assert_eq!(c.read_len, Some(4096));
+        let mut o = Outcome::check(code::READ_ERROR);
+        o.residual = 4096;
+        assert_eq!(
+            completion(3, Direction::FromDevice, 4096, &o).read_len,
+            None
+        );
+        o.residual = 1024;
+        assert_eq!(
+            completion(3, Direction::FromDevice, 4096, &o).read_len,
+            Some(3072)
+        );
+        // GOOD and complete: nothing to say.
+        let c = completion(3, Direction::FromDevice, 4096, &Outcome::good());
+        assert_eq!(c.read_len, None);
     }
 }

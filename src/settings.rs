@@ -124,6 +124,9 @@ impl Settings {
         if let Some(t) = self.defaults.timeout_s {
             probe += &format!(";timeout_s={t}");
         }
+        if let Some(t) = self.defaults.long_timeout_s {
+            probe += &format!(";long_timeout_s={t}");
+        }
         if let Some(k) = self.defaults.max_xfer_kb {
             probe += &format!(";max_xfer_kb={k}");
         }

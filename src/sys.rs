@@ -104,6 +104,21 @@ pub fn poll_in(fds: &[RawFd], timeout_ms: i32, revents: &mut [i16]) -> io::Resul
     Ok(())
 }
 
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the kernel's last tick, read
+/// from the vDSO without touching the clock hardware (an HPET read under a
+/// TCG guest is a trap); it lags the precise clock by up to one tick.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the live value we
+    // pass; CLOCK_MONOTONIC_COARSE exists on every kernel we run on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Voluntary context switches of the calling thread so far (it slept that
 /// many times).
 pub fn voluntary_switches() -> u64 {

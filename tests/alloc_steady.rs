@@ -85,7 +85,7 @@ fn the_command_path_does_not_allocate_in_steady_state() {
         .unwrap();
         let (n, allocs) = counted(|| {
             entries.clear();
-            ring.poll_recycling(std::time::Instant::now(), &mut entries, &mut spare)
+            ring.poll_recycling(tcmu_sg::expiry::Stamp::now(), &mut entries, &mut spare)
                 .unwrap();
             let mut n = 0;
             for e in entries.drain(..) {

@@ -238,11 +238,20 @@ impl UserBackstore {
     /// Creates the backstore, writes `control` (one token per write, as
     /// rtslib does) and enables it.
     pub fn create(&self, control: &Control) -> Result<()> {
+        self.create_with(control, &[])
+    }
+
+    /// As `create`, writing these attributes before the device is enabled
+    /// (`cmd_time_out`, which a handler reads when it attaches).
+    pub fn create_with(&self, control: &Control, attribs: &[(String, String)]) -> Result<()> {
         let s = control.to_control_string()?;
         mkdir(&self.hba_dir)?;
         mkdir(&self.dir)?;
         for tok in s.split(',') {
             write(&self.dir.join("control"), tok)?;
+        }
+        for (k, v) in attribs {
+            self.set_attrib(k, v)?;
         }
         write(&self.dir.join("enable"), "1")
     }
@@ -426,9 +435,24 @@ impl ScsiAddr {
 
     /// Waits for the block device to appear.
     pub fn wait_block_device(&self, sys: &Path, timeout: Duration) -> Result<PathBuf> {
+        self.wait_device(sys, timeout, Self::block_device)
+    }
+
+    /// Waits for the sg device to appear (a LUN without a block device:
+    /// a tape, a changer).
+    pub fn wait_sg_device(&self, sys: &Path, timeout: Duration) -> Result<PathBuf> {
+        self.wait_device(sys, timeout, Self::sg_device)
+    }
+
+    fn wait_device(
+        &self,
+        sys: &Path,
+        timeout: Duration,
+        find: fn(&Self, &Path) -> Option<PathBuf>,
+    ) -> Result<PathBuf> {
         let t0 = Instant::now();
         loop {
-            if let Some(p) = self.block_device(sys) {
+            if let Some(p) = find(self, sys) {
                 if p.exists() {
                     return Ok(p);
                 }

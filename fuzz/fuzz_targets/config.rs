@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tcmu_sg::config::{parse, MAX_CFG_LEN, MAX_INFLIGHT};
+use tcmu_sg::config::{parse, MAX_CFG_LEN, MAX_INFLIGHT, MAX_TIMEOUT_S};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let p = c.path.to_str().expect("ASCII");
     assert!(p.starts_with("/dev/") && p.len() > 5);
     assert!(!p.split('/').any(|x| x == ".."));
-    assert!((1..=3600).contains(&c.timeout_s));
+    assert!(c.timeout_s.is_none_or(|t| (1..=MAX_TIMEOUT_S).contains(&t)));
+    assert!(c
+        .long_timeout_s
+        .is_none_or(|t| (1..=MAX_TIMEOUT_S).contains(&t)));
     assert!(c.max_xfer_kb.is_none_or(|k| (4..=1 << 20).contains(&k)));
     assert!(c.max_inflight.is_none_or(|n| (1..=MAX_INFLIGHT).contains(&n)));
 });

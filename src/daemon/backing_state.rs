@@ -32,7 +32,7 @@ pub struct Lost {
     identity: Option<Identity>,
     node: std::path::PathBuf,
     vendor_model: String,
-    timeout_ms: u32,
+    longest_timeout: Duration,
     sg_floor: Duration,
     max_inflight: usize,
     why: String,
@@ -106,12 +106,12 @@ impl BackingSlot {
         }
     }
 
-    /// The SG_IO timeout the config string asks for and the kernel's
+    /// The longest SG_IO timeout of the device's commands and the kernel's
     /// floor for the node (None: no backing device to send to).
     pub fn sg_params(&self) -> Option<(Duration, Duration)> {
         match &*self.state.lock().unwrap() {
-            BackingState::Up(b) => Some((b.timeout(), b.sg_floor())),
-            BackingState::Lost(l) => Some((Duration::from_millis(l.timeout_ms as u64), l.sg_floor)),
+            BackingState::Up(b) => Some((b.timeouts.longest(), b.sg_floor())),
+            BackingState::Lost(l) => Some((l.longest_timeout, l.sg_floor)),
             BackingState::Bad(_) => None,
         }
     }
@@ -169,7 +169,7 @@ impl BackingSlot {
             identity: b.identity.clone(),
             node: b.info.node.clone(),
             vendor_model: format!("{} {}", b.info.vendor, b.info.model),
-            timeout_ms: b.timeout_ms,
+            longest_timeout: b.timeouts.longest(),
             sg_floor: b.sg_floor(),
             max_inflight: b.max_inflight(),
             why: format!("{} {why}", b.info.node.display()),

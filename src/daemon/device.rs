@@ -20,7 +20,7 @@ use crate::config::OptionDefaults;
 use crate::dma::Scratch;
 use crate::doorbell::Doorbell;
 use crate::error::CmdError;
-use crate::expiry::Timing;
+use crate::expiry::{Stamp, Timing};
 use crate::passthrough::{self, completion};
 use crate::scsi::direction::Direction;
 use crate::scsi::sense::{Outcome, SgResult};
@@ -45,7 +45,7 @@ struct IoCtx<'a> {
     map: &'a crate::tcmu::mapping::Mapping,
     timing: Timing,
     /// The command's `seen_after` (see `crate::expiry`).
-    seen_after: Option<Instant>,
+    seen_after: Option<Stamp>,
     guard: &'a stall::Guard,
     sg: &'a mut SgScratch,
     /// Set when a call found the backing device gone.
@@ -62,7 +62,7 @@ impl IoCtx<'_> {
         // while LIO cannot fail the command back before it ends.
         if let Err(e) = self
             .guard
-            .admit(self.seen_after, &self.timing, Instant::now())
+            .admit(self.seen_after, &self.timing, Stamp::now())
         {
             self.refused = true;
             return Err(e);
@@ -283,8 +283,8 @@ impl Device {
         let mut ring = self.ring.lock().unwrap();
         t.entries.clear();
         // Taken before the ring is looked at: see `Ring::poll_recycling`.
-        let now = Instant::now();
-        let polled = ring.poll_recycling(now, &mut t.entries, &mut self.spare.lock().unwrap());
+        let stamp = Stamp::now();
+        let polled = ring.poll_recycling(stamp, &mut t.entries, &mut self.spare.lock().unwrap());
         if let Err(e) = polled {
             log::error!(
                 "{}: ring unusable: {e}; stopping this device (needs action/reset_ring)",
@@ -293,6 +293,7 @@ impl Device {
             return false;
         }
         let label = &self.label;
+        let now = Instant::now();
         for e in t.entries.drain(..) {
             match e {
                 Entry::Cmd(mut cmd) => {
@@ -341,18 +342,22 @@ impl Device {
         t.sg_bound + t.margin + Duration::from_secs(10)
     }
 
-    /// The timing of a command sent to `b` now.
-    fn timing(&self, b: &crate::sg::backing::Backing) -> Timing {
-        Timing::new(self.guard.cmd_time_out(), b.timeout(), b.sg_floor())
+    /// The timing of a command with this opcode sent to `b` now.
+    fn timing(&self, b: &crate::sg::backing::Backing, opcode: u8) -> Timing {
+        Timing::new(
+            self.guard.cmd_time_out(),
+            b.timeout_for(opcode),
+            b.sg_floor(),
+        )
     }
 
-    /// The timing of commands on the current backing device (without one,
-    /// that of the default SG_IO timeout on a block node).
+    /// The timing of the current backing device's longest commands
+    /// (without one, of a disk's on a block node).
     fn timing_now(&self) -> Timing {
-        let (wanted, floor) = self.backing.sg_params().unwrap_or((
-            Duration::from_secs(crate::config::DEFAULT_TIMEOUT_S as u64),
-            crate::expiry::BLOCK_SG_FLOOR,
-        ));
+        let (wanted, floor) = self
+            .backing
+            .sg_params()
+            .unwrap_or((crate::scsi::timeouts::DISK, crate::expiry::BLOCK_SG_FLOOR));
         Timing::new(self.guard.cmd_time_out(), wanted, floor)
     }
 
@@ -474,7 +479,7 @@ impl Device {
 
     /// The leader's end: lets the kernel see whatever completed.
     fn end(&self) -> Lead {
-        self.guard.tick(Instant::now(), true);
+        self.guard.tick(Stamp::now(), true);
         self.publish(&mut self.ring.lock().unwrap());
         self.kick();
         Lead::Exit
@@ -500,7 +505,7 @@ impl Work for Device {
             }
             // cmd_time_out again (once a second) before the ring is read,
             // and the log line of a stall that has ended.
-            let now = Instant::now();
+            let now = Stamp::now();
             if let Some((old, new)) = self.guard.refresh(now) {
                 log::warn!(
                     "{}: cmd_time_out changed from {} s to {} s; commands the ring held                      before now are refused",
@@ -579,7 +584,7 @@ impl Work for Device {
                 let mut ctx = IoCtx {
                     fd: b.fd(),
                     map: &self.uio.map,
-                    timing: self.timing(&b),
+                    timing: self.timing(&b, cmd.cdb[0]),
                     seen_after: cmd.seen_after,
                     guard: &self.guard,
                     sg: &mut t.sg,

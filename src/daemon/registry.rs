@@ -129,7 +129,7 @@ impl Registry {
         let actions = store.actions();
         // Whatever a previous handler left in the ring completes BUSY (the
         // initiator retries it); nothing it left is read.
-        let ring = match attach(uiodev.map.clone(), &mut ConfigfsActions(store)) {
+        let ring = match attach(uiodev.map.clone(), &mut ConfigfsActions(store.clone())) {
             Ok(mut r) => {
                 if self.in_order {
                     r.force_in_order();
@@ -154,11 +154,16 @@ impl Registry {
         );
         let backing = open_backing(&d.name.cfg, &self.defaults.read().unwrap());
         let cap = backing.cap();
+        let cmd_time_out = (
+            cmd_time_out.0,
+            raise_cmd_time_out(&store, &backing, cmd_time_out.1, &label),
+        );
         match &backing {
             BackingState::Up(b) => log::info!(
-                "{label}: '{}' serving {}, up to {cap} commands at once (ring flags {flags:#x})",
+                "{label}: '{}' serving {}, up to {cap} commands at once, SG_IO timeouts {}",
                 d.name.cfg,
                 b.info.describe(),
+                b.timeouts.describe(),
             ),
             BackingState::Bad(e) => log::error!(
                 "{label}: bad config '{}' ({e}); answering every command NOT READY",
@@ -278,5 +283,52 @@ impl Registry {
             }
         }
         self.publish();
+    }
+}
+
+/// A device whose longest command needs more than its `cmd_time_out`
+/// leaves (a tape's REWIND, hours, under LIO's default 30 s) gets it
+/// raised, if LIO still allows the change (the device is not exported yet:
+/// targetcli creates a backstore before its LUNs). Returns the value in
+/// force; if it could not be raised, the device's SG_IO timeouts are
+/// lowered instead (see `crate::expiry`), with a warning.
+fn raise_cmd_time_out(
+    store: &configfs::UserBackstore,
+    backing: &BackingState,
+    now: Duration,
+    label: &str,
+) -> Duration {
+    let BackingState::Up(b) = backing else {
+        return now;
+    };
+    let longest = b.timeouts.longest();
+    let needed = crate::expiry::Timing::cmd_time_out_for(longest, b.sg_floor());
+    if now.is_zero() || now >= needed {
+        return now;
+    }
+    match store.set_attrib("cmd_time_out", &needed.as_secs().to_string()) {
+        Ok(()) => {
+            log::info!(
+                "{label}: raised LIO's cmd_time_out from {} s to {} s for the device's \
+                 longest commands ({} s)",
+                now.as_secs(),
+                needed.as_secs(),
+                longest.as_secs()
+            );
+            needed
+        }
+        Err(e) => {
+            log::warn!(
+                "{label}: the device's longest commands take up to {} s, more than \
+                 cmd_time_out {} s leaves room for, and it cannot be raised now ({e}: \
+                 LIO changes it only while the device is not exported); set it to {} s \
+                 (targetcli: set attribute cmd_time_out={}) before exporting the LUN",
+                longest.as_secs(),
+                now.as_secs(),
+                needed.as_secs(),
+                needed.as_secs()
+            );
+            now
+        }
     }
 }

@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::CmdError;
-use crate::expiry::Timing;
+use crate::expiry::{Stamp, Timing};
 
 /// How often `cmd_time_out` is read again.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -22,7 +22,7 @@ struct Episode {
     /// The longest a refused command had waited since the ring read
     /// before it.
     longest: Duration,
-    last: Instant,
+    last: Stamp,
     timing: Timing,
 }
 
@@ -31,13 +31,12 @@ pub struct Guard {
     /// The device's configfs `attrib/cmd_time_out` (seconds).
     attr: PathBuf,
     cmd_time_out_ms: AtomicU64,
-    refreshed: Mutex<Instant>,
+    refreshed: Mutex<Stamp>,
     /// Why the last read failed (logged once).
     read_failed: AtomicBool,
-    /// Commands first seen before `base + refuse_before_ns` never start
-    /// (0: none): set when `cmd_time_out` changes, since the commands the
-    /// ring held then were stamped with the old value.
-    base: Instant,
+    /// Commands first seen before this (nanoseconds of `Stamp`; 0: none)
+    /// never start: set when `cmd_time_out` changes, since the commands
+    /// the ring held then were stamped with the old value.
     refuse_before_ns: AtomicU64,
     episode: Mutex<Option<Episode>>,
     in_episode: AtomicBool,
@@ -56,14 +55,13 @@ impl Guard {
     /// A guard for a device whose `cmd_time_out` (read from `attr` at
     /// attach) is `cmd_time_out`.
     pub fn new(label: &str, attr: PathBuf, cmd_time_out: Duration) -> Guard {
-        let now = Instant::now();
+        let now = Stamp::now();
         Guard {
             label: label.to_string(),
             attr,
             cmd_time_out_ms: AtomicU64::new(cmd_time_out.as_millis() as u64),
             refreshed: Mutex::new(now),
             read_failed: AtomicBool::new(false),
-            base: now,
             refuse_before_ns: AtomicU64::new(0),
             episode: Mutex::new(None),
             in_episode: AtomicBool::new(false),
@@ -80,10 +78,10 @@ impl Guard {
     /// with the old value (it lets the value change only while the device
     /// is not exported, and an unexport waits only for the commands it has
     /// not failed back).
-    pub fn refresh(&self, now: Instant) -> Option<(Duration, Duration)> {
+    pub fn refresh(&self, now: Stamp) -> Option<(Duration, Duration)> {
         {
             let mut at = self.refreshed.lock().unwrap();
-            if now.saturating_duration_since(*at) < REFRESH_EVERY {
+            if now.since(*at) < REFRESH_EVERY {
                 return None;
             }
             *at = now;
@@ -104,8 +102,8 @@ impl Guard {
         if new == old {
             return None;
         }
-        let cut = now.saturating_duration_since(self.base).as_nanos() as u64;
-        self.refuse_before_ns.store(cut.max(1), Ordering::Release);
+        self.refuse_before_ns
+            .store(now.nanos().max(1), Ordering::Release);
         self.cmd_time_out_ms
             .store(new.as_millis() as u64, Ordering::Release);
         Some((old, new))
@@ -116,18 +114,16 @@ impl Guard {
     /// refusal is counted towards the current stall's log line.
     pub fn admit(
         &self,
-        seen_after: Option<Instant>,
+        seen_after: Option<Stamp>,
         timing: &Timing,
-        now: Instant,
+        now: Stamp,
     ) -> Result<(), CmdError> {
         let cut = self.refuse_before_ns.load(Ordering::Acquire);
-        let before_cut = cut != 0
-            && seen_after
-                .is_none_or(|s| s.saturating_duration_since(self.base).as_nanos() < cut as u128);
+        let before_cut = cut != 0 && seen_after.is_none_or(|s| s.nanos() < cut);
         if !before_cut && timing.may_start(seen_after, now) {
             return Ok(());
         }
-        let waited = seen_after.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        let waited = seen_after.map_or(Duration::ZERO, |s| now.since(s));
         let mut ep = self.episode.lock().unwrap();
         let e = ep.get_or_insert(Episode {
             refused: 0,
@@ -144,13 +140,13 @@ impl Guard {
 
     /// Logs a stall's refusals once none came for a second (or at once
     /// with `flush`). Cheap when there is nothing to log.
-    pub fn tick(&self, now: Instant, flush: bool) {
+    pub fn tick(&self, now: Stamp, flush: bool) {
         if !self.in_episode.load(Ordering::Acquire) {
             return;
         }
         let mut ep = self.episode.lock().unwrap();
         let Some(e) = ep.as_ref() else { return };
-        if !flush && now.saturating_duration_since(e.last) < QUIET_AFTER {
+        if !flush && now.since(e.last) < QUIET_AFTER {
             return;
         }
         log::warn!(
@@ -212,7 +208,7 @@ mod tests {
         let (g, _d) = guard("30\n");
         assert_eq!(g.cmd_time_out(), Duration::from_secs(30));
         let t = Timing::new(g.cmd_time_out(), Duration::from_secs(20), BLOCK_SG_FLOOR);
-        let seen = Instant::now();
+        let seen = Stamp::now();
         assert!(g
             .admit(Some(seen), &t, seen + Duration::from_secs(1))
             .is_ok());
@@ -242,7 +238,7 @@ mod tests {
     #[test]
     fn a_changed_cmd_time_out_refuses_what_the_ring_held_before() {
         let (g, d) = guard("10");
-        let t0 = Instant::now();
+        let t0 = Stamp::now();
         let old = Timing::new(g.cmd_time_out(), Duration::from_secs(2), Duration::ZERO);
         assert!(g.admit(Some(t0), &old, t0).is_ok());
         // Unexported, raised to 600 s, exported again.
@@ -265,7 +261,7 @@ mod tests {
     fn an_unreadable_attribute_keeps_the_value() {
         let (g, d) = guard("30");
         std::fs::remove_file(d.path.join("cmd_time_out")).unwrap();
-        assert_eq!(g.refresh(Instant::now() + Duration::from_secs(2)), None);
+        assert_eq!(g.refresh(Stamp::now() + Duration::from_secs(2)), None);
         assert_eq!(g.cmd_time_out(), Duration::from_secs(30));
         assert!(read_cmd_time_out(&d.path.join("nope")).is_err());
     }

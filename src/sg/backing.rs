@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{DevConfig, MAX_INFLIGHT};
 use crate::passthrough::DeviceParams;
 use crate::scsi::direction::DeviceClass;
+use crate::scsi::timeouts::{Reported, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackingError {
@@ -174,12 +175,32 @@ pub fn identity(fd: i32) -> Option<Identity> {
     None
 }
 
+/// The command timeouts a tape, changer or MMC drive reports (REPORT
+/// SUPPORTED OPERATION CODES, all commands, with RCTD); empty if it
+/// reports none.
+pub fn reported_timeouts(fd: i32) -> Reported {
+    const LEN: usize = 16 << 10;
+    let mut buf = vec![0u8; LEN];
+    let mut cdb = [0u8; 12];
+    cdb[0] = 0xa3;
+    cdb[1] = 0x0c;
+    cdb[2] = 0x80; // RCTD, reporting options 000b: all commands
+    cdb[6..10].copy_from_slice(&(LEN as u32).to_be_bytes());
+    let r = crate::sg::io::sg_io_in(fd, &cdb, &mut buf, 10_000);
+    if r.errno != 0 || r.status != 0 || r.host_status != 0 {
+        return Reported::default();
+    }
+    let got = LEN - (r.resid.max(0) as usize).min(LEN);
+    Reported::parse(&buf[..got])
+}
+
 /// An open backing device.
 #[derive(Debug)]
 pub struct Backing {
     pub file: File,
     pub info: BackingInfo,
-    pub timeout_ms: u32,
+    /// SG_IO timeouts by opcode.
+    pub timeouts: Timeouts,
     /// `max_inflight` from the config string, if given.
     pub max_inflight: Option<u32>,
     /// The config it was opened with (to open it again).
@@ -193,9 +214,9 @@ impl Backing {
         self.file.as_raw_fd()
     }
 
-    /// The SG_IO timeout the config string asks for.
-    pub fn timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.timeout_ms as u64)
+    /// The SG_IO timeout of a command with this opcode.
+    pub fn timeout_for(&self, opcode: u8) -> std::time::Duration {
+        self.timeouts.for_opcode(opcode)
     }
 
     /// The kernel's floor for an SG_IO timeout on the node served.
@@ -365,14 +386,25 @@ pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
     }
     let file = o.open(&info.node).map_err(io_err(&info.node))?;
     let identity = identity(file.as_raw_fd());
+    let mut timeouts = timeouts_of(cfg, info.params.class);
+    if timeouts.asks_the_device() {
+        timeouts.reported = reported_timeouts(file.as_raw_fd());
+    }
     Ok(Backing {
         file,
         info,
-        timeout_ms: cfg.timeout_s.saturating_mul(1000),
+        timeouts,
         max_inflight: cfg.max_inflight,
         cfg: cfg.clone(),
         identity,
     })
+}
+
+/// The timeouts a config string sets for a device of this class (before
+/// asking the device for its own).
+pub fn timeouts_of(cfg: &DevConfig, class: DeviceClass) -> Timeouts {
+    let secs = |t: Option<u32>| t.map(|t| std::time::Duration::from_secs(t as u64));
+    Timeouts::new(class, secs(cfg.timeout_s), secs(cfg.long_timeout_s))
 }
 
 /// For `check-config` and targetcli's CheckConfig: parses and probes

@@ -21,7 +21,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::expiry::Stamp;
 
 use super::abi::*;
 use super::mapping::Mapping;
@@ -76,7 +78,7 @@ struct MockCmd {
     iovs: Vec<(u64, u64)>,
     data_in: u64,
     /// When LIO fails it back (None: cmd_time_out 0).
-    deadline: Option<Instant>,
+    deadline: Option<Stamp>,
     /// Failed back already: the initiator was told.
     expired: bool,
 }
@@ -100,11 +102,11 @@ pub struct MockKernel {
     /// PAD entries written so far.
     pub pads: usize,
     /// The mock's clock and LIO's cmd_time_out (zero: never).
-    clock: Instant,
+    clock: Stamp,
     cmd_time_out: Duration,
     /// Commands failed back to the initiator when their time ran out, and
     /// when.
-    pub failed_back: Vec<(u16, Instant)>,
+    pub failed_back: Vec<(u16, Stamp)>,
     /// Completions of commands already failed back (taken quietly).
     pub late: Vec<Completed>,
 }
@@ -139,7 +141,7 @@ impl MockKernel {
             blocked: false,
             completed: Vec::new(),
             pads: 0,
-            clock: Instant::now(),
+            clock: Stamp::from_nanos(1 << 40),
             cmd_time_out: Duration::ZERO,
             failed_back: Vec::new(),
             late: Vec::new(),
@@ -147,7 +149,7 @@ impl MockKernel {
     }
 
     /// The mock's clock.
-    pub fn now(&self) -> Instant {
+    pub fn now(&self) -> Stamp {
         self.clock
     }
 
@@ -173,7 +175,7 @@ impl MockKernel {
     }
 
     /// When LIO fails command `cmd_id` back unless it completes first.
-    pub fn deadline(&self, cmd_id: u16) -> Option<Instant> {
+    pub fn deadline(&self, cmd_id: u16) -> Option<Stamp> {
         self.commands.get(&cmd_id).and_then(|c| c.deadline)
     }
 
@@ -432,12 +434,15 @@ impl MockKernel {
                     .read_bytes(e + RSP_SENSE as u64, &mut sense)
                     .unwrap();
             }
+            // As tcmu_handle_completion: read_len counts only when given and
+            // not 0; with CHECK CONDITION the data is gathered only then.
+            let read_len_valid = uflags & UFLAG_READ_LEN != 0 && read_len != 0;
             let mut want = cmd.data_in;
-            if uflags & UFLAG_READ_LEN != 0 && read_len != 0 && (read_len as u64) < want {
+            if read_len_valid && (read_len as u64) < want {
                 want = read_len as u64;
             }
             let mut data = Vec::new();
-            if cmd.data_in > 0 && (status != 0x02 || uflags & UFLAG_READ_LEN != 0) {
+            if cmd.data_in > 0 && (status != 0x02 || read_len_valid) {
                 for (base, l) in &cmd.iovs {
                     let take = (*l).min(want - data.len() as u64);
                     let mut buf = vec![0u8; take as usize];

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::abi::*;
 use super::mapping::{Mapping, OutOfBounds};
+use crate::expiry::Stamp;
 
 /// The longest CDB the ring can carry (variable-length CDBs, SPC-4 4.2.3).
 pub const MAX_CDB_LEN: usize = 260;
@@ -77,7 +78,7 @@ pub struct CmdRequest {
     /// `cmd_head`: the command was published after that, so LIO's deadline
     /// for it is no earlier than this plus `cmd_time_out` (see
     /// `crate::expiry`). Set by the ring.
-    pub seen_after: Option<std::time::Instant>,
+    pub seen_after: Option<crate::expiry::Stamp>,
     /// When the handler read it (set by the handler, for its latency
     /// figures; the ring leaves it alone).
     pub read_at: Option<std::time::Instant>,
@@ -167,7 +168,7 @@ pub struct Ring {
     tail: usize,
     /// When the last read (or the validation of the empty ring) loaded
     /// `cmd_head`: every entry found later was published after it.
-    last_scan: std::time::Instant,
+    last_scan: Stamp,
     /// Entries read and not yet passed by the tail, in ring order.
     slots: VecDeque<Slot>,
     /// Commands read and not yet completed.
@@ -185,12 +186,12 @@ impl Ring {
     /// them are commands it already completed, and their ids may belong to
     /// new commands by now.
     pub fn new(map: Arc<Mapping>) -> Result<Self, RingError> {
-        Self::new_at(map, std::time::Instant::now())
+        Self::new_at(map, Stamp::now())
     }
 
     /// As `new`, with `now` taken before the ring is looked at (a clock of
     /// the caller's: the mock kernel's, in tests).
-    pub fn new_at(map: Arc<Mapping>, now: std::time::Instant) -> Result<Self, RingError> {
+    pub fn new_at(map: Arc<Mapping>, now: Stamp) -> Result<Self, RingError> {
         let version = map.read_u16(MB_VERSION as u64)?;
         if version != MAILBOX_VERSION {
             return Err(RingError::Version(version));
@@ -298,11 +299,11 @@ impl Ring {
     /// is bounded: it stops at `cmd_head` and each step must advance by a
     /// positive, aligned length that does not pass the head.
     pub fn poll(&mut self) -> Result<Vec<Entry>, RingError> {
-        self.poll_at(std::time::Instant::now())
+        self.poll_at(Stamp::now())
     }
 
     /// As `poll`, with `now` taken before the call.
-    pub fn poll_at(&mut self, now: std::time::Instant) -> Result<Vec<Entry>, RingError> {
+    pub fn poll_at(&mut self, now: Stamp) -> Result<Vec<Entry>, RingError> {
         let mut out = Vec::new();
         self.poll_recycling(now, &mut out, &mut Vec::new())?;
         Ok(out)
@@ -314,7 +315,7 @@ impl Ring {
     /// next call get it as their `seen_after`.
     pub fn poll_recycling(
         &mut self,
-        now: std::time::Instant,
+        now: Stamp,
         out: &mut Vec<Entry>,
         spare: &mut Vec<CmdRequest>,
     ) -> Result<(), RingError> {
@@ -388,7 +389,7 @@ impl Ring {
         abs: u64,
         len: usize,
         cmd_id: u16,
-        seen_after: std::time::Instant,
+        seen_after: Stamp,
         spare: &mut Vec<CmdRequest>,
     ) -> Result<Entry, RingError> {
         let mut c = spare.pop().unwrap_or_default();

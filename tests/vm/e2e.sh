@@ -98,6 +98,17 @@ check "medium error: CHECK CONDITION, MEDIUM ERROR, identical sense (READ16 on s
 check "medium error: identical through the block node too (READ10)" \
     $SGIO same "$BACK" "$LUN" "28000000123000001000" --in 8192 --status 2 --key 3
 echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
+# RECOVERED ERROR with all the data read (opts=8: on every_nth command):
+# the initiator gets the sense and the data, as from the device itself.
+dd if=/dev/urandom of="$BACK" bs=4096 seek=32 count=1 oflag=direct 2>/dev/null   # LBA 256
+echo 1 > /sys/bus/pseudo/drivers/scsi_debug/every_nth
+echo 8 > /sys/bus/pseudo/drivers/scsi_debug/opts
+out=$($SGIO same "$BACK_SG" "$LUN_SG" "28000000010000000800" --in 4096)
+echo "RECOVERED ERROR read: $out"
+check "RECOVERED ERROR: identical sense, data and residual" \
+    $SGIO same "$BACK_SG" "$LUN_SG" "28000000010000000800" --in 4096 --status 2 --key 1 --data
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/opts
+echo 0 > /sys/bus/pseudo/drivers/scsi_debug/every_nth
 
 # --- splitting ----------------------------------------------------------------
 timeout 60 "$BIN" unexport --name d0 || bad "unexport d0"

@@ -5,18 +5,22 @@
 # Results: one JSON object per job in /vm-out/levers.jsonl. Run with
 # tests/vm/levers, which prints the table.
 #
-#   levers-guest.sh TCMU_SG_BINARY LIO_HELPER [BASELINE_BINARY|-] [SET]
+#   levers-guest.sh TCMU_SG_BINARY LIO_HELPER [BASELINE_BINARY|-] [SET] [LATENCY]
 # SET: all (default), ab (the baseline, this binary and this binary with
 # its threads on one CPU, alternated three times; 4k jobs and 1M read) or
 # ab-large (the same with 64k and 1M reads and writes), or no-rwlock (this
 # binary and pscsi, 3 alternations, over a scsi_debug without its store
 # lock).
+# LATENCY: a scsi_debug latency for every job, e.g. delay=1 (4 ms) or
+# ndelay=100000 (100 us); default delay=0 (inline).
 set -euo pipefail
 BIN=$1
 LIO=$2
 OLD=${3:-}
 [ "$OLD" = - ] && OLD=
 SET=${4:-all}
+LATENCY=${5:--}
+[ "$LATENCY" = - ] && LATENCY=
 RUNTIME=${LEVERS_RUNTIME:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -25,6 +29,10 @@ SDOPTS=()
 # otherwise take it exclusively).
 [ "$SET" = no-rwlock ] && SDOPTS=(no_rwlock=1)
 scsi_debug_luns dev_size_mb=512 max_luns=2 delay=0 "${SDOPTS[@]}"
+if [ -n "$LATENCY" ]; then
+    echo "${LATENCY#*=}" > "/sys/bus/pseudo/drivers/scsi_debug/${LATENCY%%=*}"
+    echo "levers: scsi_debug $LATENCY"
+fi
 PS=$("$LIO" pscsi p1 "${ADDRS[1]}" naa.5001405dddddddd1)
 OUT=/vm-out/levers.jsonl
 : > $OUT

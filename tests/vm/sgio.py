@@ -7,10 +7,10 @@ through a tcmu-sg LUN with what the backing device returns directly.
   sgio.py run DEV CDB_HEX [--in N] [--out FILE] [--save FILE]
       prints one JSON object: status, host_status, driver_status, resid,
       sense (hex, the sense's own length), data_sha256
-  sgio.py same DEV_A DEV_B CDB_HEX [--in N] [--out FILE] [--status S] [--key K]
+  sgio.py same DEV_A DEV_B CDB_HEX [--in N] [--out FILE] [--status S] [--key K] [--data]
       runs the command on both; exit 0 if status and sense (and, on GOOD,
-      the data read) are identical and, when given, the status is S and
-      the sense key K
+      or whatever the status with --data, the data read and the residual)
+      are identical and, when given, the status is S and the sense key K
 """
 import ctypes
 import fcntl
@@ -117,12 +117,15 @@ def sgio(dev, cdb, data_in=0, data_out=None, timeout_ms=30000):
 
 
 def parse(argv):
-    opts = {"in": 0, "out": None, "save": None, "status": None, "key": None}
+    opts = {"in": 0, "out": None, "save": None, "status": None, "key": None, "data": False}
     rest = []
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a in ("--in", "--out", "--save", "--status", "--key"):
+        if a == "--data":
+            opts["data"] = True
+            i += 1
+        elif a in ("--in", "--out", "--save", "--status", "--key"):
             opts[a[2:]] = argv[i + 1]
             i += 2
         else:
@@ -152,6 +155,8 @@ def main():
         same = all(ra[k] == rb[k] for k in keys) and ra["sense_tail_zero"] and rb["sense_tail_zero"]
         # Data read with GOOD status must be the same bytes too.
         if ra["status"] == 0 and "data_sha256" in ra and ra.get("data_sha256") != rb.get("data_sha256"):
+            same = False
+        if o["data"] and (ra.get("data_sha256") != rb.get("data_sha256") or ra["resid"] != rb["resid"]):
             same = False
         if o["status"] is not None and ra["status"] != int(o["status"], 0):
             same = False
