@@ -5,6 +5,8 @@
 //!   lio ramdisk NAME PAGES WWN...      prints one /dev/sdX per WWN
 //!   lio remove-ramdisk NAME WWN...
 //!   lio pscsi NAME H:C:T:L WWN          LIO pscsi over a SCSI device, via tcm_loop
+//!                                      (prints /dev/sdX, or the sg node of a
+//!                                      tape or changer)
 //!   lio remove-pscsi NAME WWN
 
 use std::path::Path;
@@ -22,15 +24,19 @@ fn initiator_wwn(wwn: &str) -> String {
 }
 
 /// Exports `backstore` as LUN 0 of tcm_loop target `wwn`; prints the
-/// initiator's block device.
-fn export_loop(t: &Target, wwn: &str, backstore: &Path) -> Result<(), String> {
+/// initiator's block device (`disk`), else its sg node.
+fn export_loop(t: &Target, wwn: &str, backstore: &Path, disk: bool) -> Result<(), String> {
     let l = t.loopback(wwn).map_err(|e| e.to_string())?;
     l.create(1, &initiator_wwn(wwn))
         .map_err(|e| e.to_string())?;
     let a = l.add_lun(1, 0, backstore).map_err(|e| e.to_string())?;
-    let dev = a
-        .wait_block_device(Path::new("/sys"), Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
+    let (sys, wait) = (Path::new("/sys"), Duration::from_secs(30));
+    let dev = if disk {
+        a.wait_block_device(sys, wait)
+    } else {
+        a.wait_sg_device(sys, wait)
+    }
+    .map_err(|e| e.to_string())?;
     println!("{}", dev.display());
     Ok(())
 }
@@ -43,7 +49,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let rd = t.ramdisk(1, name).map_err(|e| e.to_string())?;
             rd.create(pages).map_err(|e| e.to_string())?;
             for wwn in wwns {
-                export_loop(&t, wwn, rd.path())?;
+                export_loop(&t, wwn, rd.path(), true)?;
             }
             Ok(())
         }
@@ -61,11 +67,14 @@ fn run(args: &[String]) -> Result<(), String> {
             let addr: configfs::ScsiAddr =
                 addr.parse().map_err(|e: configfs::Error| e.to_string())?;
             let p = t.pscsi(1, name).map_err(|e| e.to_string())?;
-            let node = addr
-                .block_device(Path::new("/sys"))
-                .ok_or_else(|| format!("no block device at {addr}"))?;
+            let sys = Path::new("/sys");
+            let disk = addr.block_device(sys);
+            let node = disk
+                .clone()
+                .or_else(|| addr.sg_device(sys))
+                .ok_or_else(|| format!("no device at {addr}"))?;
             p.create(&addr, &node).map_err(|e| e.to_string())?;
-            export_loop(&t, wwn, p.path())
+            export_loop(&t, wwn, p.path(), disk.is_some())
         }
         [cmd, name, wwn] if cmd == "remove-pscsi" => {
             t.loopback(wwn)

@@ -4,7 +4,7 @@
 Used by the VM tests to compare, byte for byte, what an initiator sees
 through a tcmu-sg LUN with what the backing device returns directly.
 
-  sgio.py run DEV CDB_HEX [--in N] [--out FILE] [--save FILE]
+  sgio.py run DEV CDB_HEX [--in N] [--out FILE] [--save FILE] [--timeout MS]
       prints one JSON object: status, host_status, driver_status, resid,
       sense (hex, the sense's own length), data_sha256
   sgio.py same DEV_A DEV_B CDB_HEX [--in N] [--out FILE] [--status S] [--key K] [--data]
@@ -117,7 +117,8 @@ def sgio(dev, cdb, data_in=0, data_out=None, timeout_ms=30000):
 
 
 def parse(argv):
-    opts = {"in": 0, "out": None, "save": None, "status": None, "key": None, "data": False}
+    opts = {"in": 0, "out": None, "save": None, "status": None, "key": None, "data": False,
+            "timeout": "30000"}
     rest = []
     i = 0
     while i < len(argv):
@@ -125,7 +126,7 @@ def parse(argv):
         if a == "--data":
             opts["data"] = True
             i += 1
-        elif a in ("--in", "--out", "--save", "--status", "--key"):
+        elif a in ("--in", "--out", "--save", "--status", "--key", "--timeout"):
             opts[a[2:]] = argv[i + 1]
             i += 2
         else:
@@ -141,7 +142,7 @@ def main():
     out_data = open(o["out"], "rb").read() if o["out"] else None
     if cmd == "run":
         dev, cdb = rest[0], bytes.fromhex(rest[1])
-        r, data = sgio(dev, cdb, o["in"], out_data)
+        r, data = sgio(dev, cdb, o["in"], out_data, int(o["timeout"]))
         if o["save"]:
             open(o["save"], "wb").write(data)
         print(json.dumps(r))
