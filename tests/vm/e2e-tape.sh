@@ -2,7 +2,7 @@
 # Tapes (SSC) on a 7.x kernel, whose scsi_debug emulates one (ptype=1):
 # three scsi_debug tapes in one boot, the first driven directly, the second
 # through tcmu-sg and the third through LIO's pscsi, both exported through
-# tcm_loop. The same command sequence (tests/vm/tape.py: variable and fixed
+# tcm_loop. The same command sequence (tests/vm/transcript.py: variable and fixed
 # blocks, ILI both ways, filemarks, end of data, SPACE, LOCATE, READ
 # POSITION, READ BLOCK LIMITS, MODE SENSE/SELECT, RESERVE/RELEASE, ERASE),
 # the same st/mt sequence and tar with large records go to each, and the
@@ -15,7 +15,7 @@ BIN=${1:?usage: e2e-tape.sh TCMU_SG_BINARY LIO_HELPER}
 LIO=${2:?usage: e2e-tape.sh TCMU_SG_BINARY LIO_HELPER}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SGIO="python3 $HERE/sgio.py"
-TAPE="python3 $HERE/tape.py"
+TAPE="python3 $HERE/transcript.py"
 LOG=/vm-out/tcmu-sg-tape.log
 SUITE=e2e-tape
 . "$HERE/lib.sh"
@@ -53,8 +53,8 @@ check "INQUIRY through tcmu-sg is the drive's" \
 
 # --- the command sequence ------------------------------------------------
 for p in direct:$A tcmu-sg:$B pscsi:$C; do
-    $TAPE run "${p#*:}" > "/vm-out/tape-${p%%:*}.jsonl" 2> "/vm-out/tape-${p%%:*}.err" \
-        || echo "tape.py on ${p#*:} failed: $(tail -3 "/vm-out/tape-${p%%:*}.err")"
+    $TAPE run tape "${p#*:}" > "/vm-out/tape-${p%%:*}.jsonl" 2> "/vm-out/tape-${p%%:*}.err" \
+        || echo "transcript.py on ${p#*:} failed: $(tail -3 "/vm-out/tape-${p%%:*}.err")"
 done
 steps=$(wc -l < /vm-out/tape-direct.jsonl)
 check "the sequence ran on all three ($steps steps each)" \

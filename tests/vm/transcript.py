@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""A tape (SSC) transcript: the same sequence of commands sent with SG_IO to
-one tape, one JSON line per command with what came back (status, sense key,
-ASC/ASCQ, FILEMARK/EOM/ILI, the INFORMATION field, residual, the head of
-the data read) and the position after it (READ POSITION).
+"""A device-class transcript: the same sequence of commands sent with SG_IO
+to one device, one JSON line per command with what came back (status,
+sense key, ASC/ASCQ, FILEMARK/EOM/ILI, the INFORMATION field, residual,
+the head of the data read) and the device's state after it (a tape's
+position from READ POSITION; a zoned disk's first zones from REPORT
+ZONES).
 
 scsi_debug's tape keeps only 4 bytes of each block, so payloads are told
 apart by their first 4 bytes and nothing else of them is compared.
 
-  tape.py run SG_DEVICE              the transcript on stdout
-  tape.py compare A.jsonl B.jsonl    the steps where two transcripts differ
-                                     (one line each); exit 1 if any
+  transcript.py run tape|zbc SG_DEVICE   the transcript on stdout
+  transcript.py compare A.jsonl B.jsonl  the steps where two transcripts
+                                         differ (one line each); exit 1 if any
 """
 import json
 import sys
@@ -52,7 +54,7 @@ REWIND = cdb(0x01, 0, 0, 0, 0, 0)
 WEOF = lambda n: cdb(0x10, 0, 0, 0, n, 0)  # noqa: E731
 
 # (name, CDB, data-in length or data-out bytes)
-STEPS = [
+TAPE = [
     ("rewind", REWIND, 0),
     ("read block limits", cdb(0x05, 0, 0, 0, 0, 0), 6),
     ("mode sense(6), block descriptor", cdb(0x1A, 0, 0, 0, 12, 0), 12),
@@ -98,6 +100,59 @@ STEPS = [
     ("read after erase", read6(512), 512),
 ]
 
+# A host-managed zoned disk of 4 MiB zones, 512-byte blocks, zone 0
+# conventional (scsi_debug zbc=managed zone_size_mb=4 zone_nr_conv=1).
+ZONE = 8192
+
+
+def write16(lba, blocks):
+    return cdb(0x8A, 0, *lba.to_bytes(8, "big"), *blocks.to_bytes(4, "big"), 0, 0)
+
+
+def read16(lba, blocks):
+    return cdb(0x88, 0, *lba.to_bytes(8, "big"), *blocks.to_bytes(4, "big"), 0, 0)
+
+
+def zone_out(sa, lba, all_zones=False):
+    """ZONE ACTION OUT: 1 close, 2 finish, 3 open, 4 reset write pointer."""
+    return cdb(0x94, sa, *lba.to_bytes(8, "big"), 0, 0, 0, 0, 1 if all_zones else 0, 0)
+
+
+def report_zones(lba, length, options=0):
+    return cdb(0x95, 0x00, *lba.to_bytes(8, "big"), *length.to_bytes(4, "big"), options, 0)
+
+
+def data(tag, blocks):
+    return b"".join(f"{tag}{i:04x}".encode().ljust(512, b".") for i in range(blocks))
+
+
+ZBC = [
+    ("report zones, all", report_zones(0, 4096), 4096),
+    ("write 8 at zone 1's write pointer", write16(ZONE, 8), data("A", 8)),
+    ("write 8 at zone 1's start again (unaligned)", write16(ZONE, 8), data("B", 8)),
+    ("write 8 at zone 1's write pointer", write16(ZONE + 8, 8), data("C", 8)),
+    ("read 16 of zone 1", read16(ZONE, 16), 8192),
+    ("read 8 past zone 1's write pointer", read16(ZONE + 64, 8), 4096),
+    ("open zone 2", zone_out(3, 2 * ZONE), 0),
+    ("close zone 2 (empty)", zone_out(1, 2 * ZONE), 0),
+    ("write 8 at zone 2's start", write16(2 * ZONE, 8), data("D", 8)),
+    ("close zone 2", zone_out(1, 2 * ZONE), 0),
+    ("finish zone 3", zone_out(2, 3 * ZONE), 0),
+    ("write 8 to zone 3 (full)", write16(3 * ZONE, 8), data("E", 8)),
+    ("write 16 across zone 4's end", write16(5 * ZONE - 8, 16), data("F", 16)),
+    ("write 8 in conventional zone 0", write16(100, 8), data("G", 8)),
+    ("report zones, empty ones", report_zones(0, 4096, 0x01), 4096),
+    ("report zones, closed ones", report_zones(0, 4096, 0x04), 4096),
+    ("reset zone 1", zone_out(4, ZONE), 0),
+    ("write 8 at zone 1's write pointer after reset", write16(ZONE, 8), data("H", 8)),
+    ("open zone 5, then a 1 MiB write at its write pointer", write16(5 * ZONE, 2048), data("I", 2048)),
+    ("write 8 at zone 5's old start (unaligned)", write16(5 * ZONE, 8), data("J", 8)),
+    ("reset all zones", zone_out(4, 0, all_zones=True), 0),
+    ("report zones, all, after reset", report_zones(0, 4096), 4096),
+]
+
+SEQUENCES = {"tape": TAPE, "zbc": ZBC}
+
 
 def sense_fields(hexsense):
     s = bytes.fromhex(hexsense)
@@ -127,31 +182,52 @@ def position(dev):
     }
 
 
-def run(dev):
-    # Clear the unit attentions a new tape (and a new LUN) raises.
+def zones(dev, n=6):
+    """Type, condition and write pointer of the first n zones."""
+    r, data = sgio(dev, report_zones(0, 64 + 64 * n), 64 + 64 * n)
+    if r["status"] != 0:
+        return None
+    out = []
+    for i in range(n):
+        d = data[64 + 64 * i:128 + 64 * i]
+        out.append([d[0] & 0xF, d[1] >> 4, int.from_bytes(d[24:32], "big")])
+    return out
+
+
+def run(kind, dev):
+    steps = SEQUENCES[kind]
+    state = position if kind == "tape" else zones
+    # Clear the unit attentions a new device (and a new LUN) raises.
     for _ in range(10):
         r, _ = sgio(dev, cdb(0, 0, 0, 0, 0, 0))
         if r["status"] == 0:
             break
-    for i, (name, c, data) in enumerate(STEPS):
+    for i, (name, c, data) in enumerate(steps):
         if isinstance(data, bytes):
             r, got = sgio(dev, c, 0, data, timeout_ms=600000)
         else:
             r, got = sgio(dev, c, data, None, timeout_ms=600000)
         rec = {"step": i, "name": name, "status": r["status"], "resid": r["resid"]}
-        if r["host_status"] or r["driver_status"] & 0xF:
+        # Driver status 8 (DRIVER_SENSE) only says sense came back.
+        if r["host_status"] or r["driver_status"] & 0xF not in (0, 8):
             rec["transport"] = [r["host_status"], r["driver_status"]]
         if r["status"] == 2:
             rec.update(sense_fields(r["sense"]))
         if data and not isinstance(data, bytes):
             moved = max(0, data - max(r["resid"], 0))
-            if c[0] == 0x08:
+            if c[0] == 0x08 and kind == "tape":
                 # The name of each block read: its first 4 bytes.
                 size = 512 if c[1] & 1 else data
                 rec["data"] = [got[o:o + 4].hex() for o in range(0, moved, size)]
+            elif c[0] == 0x95:
+                # Zone reports: the zone count and a digest.
+                rec["data"] = [int.from_bytes(got[0:4], "big") // 64,
+                               __import__("hashlib").sha256(got[:moved]).hexdigest()[:16]]
+            elif moved > 64:
+                rec["data"] = __import__("hashlib").sha256(got[:moved]).hexdigest()[:16]
             else:
                 rec["data"] = got[:moved].hex()
-        rec["position"] = position(dev)
+        rec["state"] = state(dev)
         print(json.dumps(rec), flush=True)
 
 
@@ -173,8 +249,8 @@ def compare(a, b):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "run":
-        run(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "run" and sys.argv[2] in SEQUENCES:
+        run(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "compare":
         sys.exit(compare(sys.argv[2], sys.argv[3]))
     else:
