@@ -94,13 +94,14 @@ where
 /// The ring completion for an outcome.
 ///
 /// A data-in command carries `read_len` (the bytes it moved) when it moved
-/// less than asked, and whenever it moved data with CHECK CONDITION: the
-/// kernel gathers the data area into the initiator's buffer with a CHECK
-/// CONDITION only if `read_len` is given (and not 0), as a tape's read that
-/// meets a longer block (ILI, no residual) or a disk's RECOVERED ERROR
-/// needs; the initiator then gets the data, the sense and the residual, as
-/// from the device itself. A read that moved nothing cannot say so: the
-/// kernel ignores `read_len` 0.
+/// less than asked, and whenever it ended with CHECK CONDITION: the kernel
+/// gathers the data area into the initiator's buffer with a CHECK
+/// CONDITION only if `read_len` is given, as a tape's read that meets a
+/// longer block (ILI, no residual) or a disk's RECOVERED ERROR needs; the
+/// initiator then gets the data, the sense and the residual, as from the
+/// device itself. A read that moved nothing says `read_len` 0, which
+/// today's kernels ignore (the initiator sees no residual; see the users'
+/// guide) and a kernel that honours it passes on as a full residual.
 pub fn completion(cmd_id: u16, dir: Direction, total: u64, o: &Outcome) -> Completion {
     let mut c = Completion::good(cmd_id);
     c.scsi_status = o.status;
@@ -109,7 +110,7 @@ pub fn completion(cmd_id: u16, dir: Direction, total: u64, o: &Outcome) -> Compl
         c.sense = o.sense;
     }
     let moved = total - o.residual.min(total);
-    if dir == Direction::FromDevice && moved > 0 && (moved < total || check) {
+    if dir == Direction::FromDevice && total > 0 && (moved < total || check) {
         c.read_len = Some(moved as u32);
     }
     c
@@ -198,11 +199,12 @@ mod tests {
         // Data moved with CHECK CONDITION travels with the sense, all of it
         // too (a tape's ILI on a longer block, a RECOVERED ERROR).
         assert_eq!(c.read_len, Some(4096));
+        // Nothing moved: read_len 0 (ignored by today's kernels).
         let mut o = Outcome::check(code::READ_ERROR);
         o.residual = 4096;
         assert_eq!(
             completion(3, Direction::FromDevice, 4096, &o).read_len,
-            None
+            Some(0)
         );
         o.residual = 1024;
         assert_eq!(
