@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Zoned (ZBC host-managed), 4Kn and 512e disks on the 6.1 kernel. Each part
-# loads scsi_debug with three LUNs in one boot: the first driven directly,
-# the second through tcmu-sg and the third through LIO's pscsi, both
-# exported through tcm_loop, and compares them.
+# Device classes on the 6.1 kernel: zoned (ZBC host-managed), 4Kn and 512e
+# disks and medium changers. Each part has three devices in one boot: the
+# first driven directly, the second through tcmu-sg and the third through
+# LIO's pscsi, both exported through tcm_loop, and compares them.
 # - Zoned: the same zone sequence (tests/vm/transcript.py: reports, writes
 #   at and off the write pointer, across a zone's end, to a full zone, open,
 #   close, finish, reset, a 1 MiB write at the write pointer that tcmu-sg
@@ -11,16 +11,20 @@
 # - 4Kn (sector_size=4096) and 512e (physblk_exp=3): READ CAPACITY(16), a
 #   1 MiB write split into 64 KiB chunks landing intact, a medium error on
 #   READ and a split READ over it, with the residual.
+# - Changers (SMC): scsi_debug has none, so tgt's SMC emulation (a virtual
+#   tape library: a changer with a drive and four tapes) serves three
+#   libraries over iSCSI to this VM's open-iscsi; mtx's inquiry, status,
+#   load, unload, transfer and a refused move go to each.
 #
-#   e2e-zoned.sh TCMU_SG_BINARY LIO_HELPER
+#   e2e-classes.sh TCMU_SG_BINARY LIO_HELPER
 set -uo pipefail
-BIN=${1:?usage: e2e-zoned.sh TCMU_SG_BINARY LIO_HELPER}
-LIO=${2:?usage: e2e-zoned.sh TCMU_SG_BINARY LIO_HELPER}
+BIN=${1:?usage: e2e-classes.sh TCMU_SG_BINARY LIO_HELPER}
+LIO=${2:?usage: e2e-classes.sh TCMU_SG_BINARY LIO_HELPER}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SGIO="python3 $HERE/sgio.py"
 TR="python3 $HERE/transcript.py"
-LOG=/vm-out/tcmu-sg-zoned.log
-SUITE=e2e-zoned
+LOG=/vm-out/tcmu-sg-classes.log
+SUITE=e2e-classes
 . "$HERE/lib.sh"
 SD=/sys/bus/pseudo/drivers/scsi_debug
 T=/sys/kernel/tracing
@@ -46,6 +50,7 @@ remove_paths() { # NAME
     sleep 0.5
     modprobe -r scsi_debug || bad "unload scsi_debug"
 }
+sg_at() { echo "/dev/$(ls /sys/class/scsi_device/"$1"/device/scsi_generic/)"; }
 trace_on() { echo "host_no == $BACK_HOST && lun == $BACK_LUN" > $T/events/scsi/scsi_dispatch_cmd_start/filter
              echo > $T/trace; echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
 trace_off() { echo 0 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
@@ -144,6 +149,94 @@ blocks_case() { # NAME BLOCK_SIZE SCSI_DEBUG_OPTIONS...
 }
 blocks_case 4kn 4096 sector_size=4096
 blocks_case 512e 512 physblk_exp=3
+
+# --- changers (SMC), from tgt's virtual tape library -------------------------
+# Three libraries, each a tgt iSCSI target on 127.0.0.1:3261: LUN 1 a tape
+# drive, LUN 2 a changer with the drive at element 1, the picker at 2 and
+# four slots (3-6) holding tapes T0000001..T0000004.
+modprobe ch 2>/dev/null
+modprobe iscsi_tcp
+ip link set lo up
+mkdir -p /run/lock/iscsi /var/lib/iscsi /etc/iscsi
+echo "InitiatorName=iqn.2026-11.org.tcmu-sg:classes" > /etc/iscsi/initiatorname.iscsi
+iscsid || bad "iscsid starts"
+tgtd -f --iscsi portal=127.0.0.1:3261 > /vm-out/tgtd.log 2>&1 &
+TGTD=$!
+wait_for 10 tgtadm --lld iscsi --op show --mode target || { bad "tgtd starts"; finish; }
+vtl() { # N: library N
+    local n=$1 d=/tmp/vtl$1 t
+    mkdir -p "$d"
+    dd if=/dev/zero of="$d/smc" bs=1k count=1 2>/dev/null
+    tgtimg --op new --device-type tape --barcode="" --size=1 --type=clean --file="$d/notape" > /dev/null
+    for t in 1 2 3 4; do
+        tgtimg --op new --device-type tape --barcode="T000000$t" --size=8 --type=data --file="$d/T000000$t" > /dev/null
+    done
+    local a=(tgtadm --lld iscsi --mode logicalunit --tid "$n")
+    tgtadm --lld iscsi --op new --mode target --tid "$n" -T "iqn.2026-11.org.tcmu-sg:vtl$n"
+    "${a[@]}" --op new --lun 1 -b "$d/notape" --device-type=tape
+    "${a[@]}" --op update --lun 1 --params online=0
+    "${a[@]}" --op new --lun 2 -b "$d/smc" --device-type=changer
+    "${a[@]}" --op update --lun 2 --params media_home="$d"
+    "${a[@]}" --op update --lun 2 --params element_type=4,start_address=1,quantity=1
+    "${a[@]}" --op update --lun 2 --params element_type=4,address=1,tid="$n",lun=1
+    "${a[@]}" --op update --lun 2 --params element_type=1,start_address=2,quantity=1
+    "${a[@]}" --op update --lun 2 --params element_type=2,start_address=3,quantity=4
+    for t in 1 2 3 4; do
+        "${a[@]}" --op update --lun 2 --params element_type=2,address=$((t + 2)),barcode=T000000$t,sides=1
+    done
+    tgtadm --lld iscsi --op bind --mode target --tid "$n" -I ALL
+}
+for n in 1 2 3; do vtl $n || bad "tgt library $n"; done
+iscsiadm -m discovery -t st -p 127.0.0.1:3261 > /dev/null 2>&1
+iscsiadm -m node -p 127.0.0.1:3261 --login > /dev/null 2>&1 || { bad "iSCSI login to tgt"; finish; }
+# The changers, in library order: H:C:T:L of each library's LUN 2.
+changer_of() { # N
+    local s h
+    for s in /sys/class/iscsi_session/session*; do
+        [ "$(cat "$s/targetname")" = "iqn.2026-11.org.tcmu-sg:vtl$1" ] || continue
+        h=$(basename "$(dirname "$(readlink -f "$s/device")")")
+        lsscsi | awk -v h="${h#host}" '$2 == "mediumx" {
+            a = substr($1, 2, length($1) - 2); split(a, p, ":"); if (p[1] == h) print a }'
+    done
+}
+wait_for 20 bash -c "[ \$(lsscsi | grep -c mediumx) -ge 3 ]" || { bad "three changers (lsscsi: $(lsscsi | tr '\n' ';'))"; finish; }
+CA=$(sg_at "$(changer_of 1)"); CB_BACK=$(sg_at "$(changer_of 2)"); CC_ADDR=$(changer_of 3)
+echo "changers: direct $CA, tcmu-sg over $CB_BACK, pscsi over $CC_ADDR"
+CB=$(timeout 90 "$BIN" export --name ch0 "$CB_BACK") || { bad "export ch0"; finish; }
+CC=$("$LIO" pscsi pch "$CC_ADDR" naa.5001405cccccccc2) || { bad "pscsi over the third changer"; finish; }
+echo "initiator: tcmu-sg LUN $CB, pscsi LUN $CC"
+check "export of a changer: cmd_time_out for its 3600 s operations" \
+    [ "$(cat /sys/kernel/config/target/core/user_1/ch0/attrib/cmd_time_out)" -ge 3600 ]
+mtx_seq() { # DEV: the same library operations, output with the device name out
+    local d=$1
+    for _ in 1 2 3; do sg_turs "$d" > /dev/null 2>&1 && break; done
+    mtx -f "$d" inquiry 2>&1
+    mtx -f "$d" status 2>&1
+    mtx -f "$d" load 3 0 2>&1; echo "load 3: $?"
+    mtx -f "$d" status 2>&1
+    mtx -f "$d" load 4 0 2>&1; echo "load 4 into a full drive: $?"
+    mtx -f "$d" transfer 4 3 2>&1; echo "transfer 4 to 3: $?"
+    mtx -f "$d" transfer 1 2 2>&1; echo "transfer 1 to full 2: $?"
+    mtx -f "$d" unload 4 0 2>&1; echo "unload to 4: $?"
+    mtx -f "$d" status 2>&1
+}
+for p in direct:$CA tcmu-sg:$CB pscsi:$CC; do
+    mtx_seq "${p#*:}" | sed "s#${p#*:}#DEV#g" > "/vm-out/mtx-${p%%:*}.txt"
+done
+echo "--- mtx through tcmu-sg:"; cat /vm-out/mtx-tcmu-sg.txt
+check "mtx: tcmu-sg's transcript is the library's" diff /vm-out/mtx-direct.txt /vm-out/mtx-tcmu-sg.txt
+check "  and pscsi's" diff /vm-out/mtx-direct.txt /vm-out/mtx-pscsi.txt
+check "  the moves happened: slots 3 and 4 swapped their tapes through the drive" \
+    bash -c "grep -q '^load 3: 0' /vm-out/mtx-tcmu-sg.txt && grep -q '^transfer 4 to 3: 0' /vm-out/mtx-tcmu-sg.txt \
+             && grep -q '^unload to 4: 0' /vm-out/mtx-tcmu-sg.txt \
+             && tail -4 /vm-out/mtx-tcmu-sg.txt | grep -q 'Storage Element 3:Full :VolumeTag=T0000004' \
+             && tail -4 /vm-out/mtx-tcmu-sg.txt | grep -q 'Storage Element 4:Full :VolumeTag=T0000003'"
+check "  and the refused moves were refused" \
+    bash -c "grep -q '^load 4 into a full drive: [1-9]' /vm-out/mtx-tcmu-sg.txt && grep -q '^transfer 1 to full 2: [1-9]' /vm-out/mtx-tcmu-sg.txt"
+"$BIN" unexport --name ch0 || bad "unexport ch0"
+"$LIO" remove-pscsi pch naa.5001405cccccccc2 || true
+iscsiadm -m node -p 127.0.0.1:3261 --logout > /dev/null 2>&1
+kill $TGTD
 
 kill -TERM $DAEMON; wait $DAEMON
 check "daemon exits cleanly on SIGTERM" [ $? -eq 0 ]
