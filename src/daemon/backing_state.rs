@@ -1,7 +1,8 @@
 //! A device's backing unit through its life: opened from the config
-//! string, lost when it goes away (its path is then opened again with
-//! back-off and served only if the same logical unit is found there),
-//! replaced when the config string changes.
+//! string (or, if its path leads nowhere yet, as at boot before the disk
+//! is found, looked for until it does), lost when it goes away (its path
+//! is then opened again with back-off and served only if the same logical
+//! unit is found there), replaced when the config string changes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +20,22 @@ pub enum BackingState {
     /// The config cannot be served (a bad string, no such device): every
     /// command gets NOT READY 04/03 until the config changes.
     Bad(String),
-    /// It went away while serving; its path is opened again with back-off,
-    /// and commands get NOT READY 05/00 meanwhile.
+    /// It went away while serving, or was not there yet; its path is
+    /// opened again with back-off, and commands get NOT READY 05/00
+    /// meanwhile.
     Lost(Box<Lost>),
+}
+
+/// What `BackingSlot::reopen` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reopen {
+    /// Nothing to do: the device is served, or its config is bad.
+    Idle,
+    /// Not back yet; the next attempt in this long.
+    Wait(Duration),
+    /// Served again (or for the first time) with this cap on commands in
+    /// flight.
+    Up(usize),
 }
 
 /// What is kept of a lost backing device: enough to open its path again
@@ -41,6 +55,8 @@ pub struct Lost {
     backoff: Duration,
     /// The last other unit found at the path (logged once).
     refused: Option<Identity>,
+    /// Never opened: whatever unit first appears at the path is served.
+    first: bool,
 }
 
 /// Back-off between attempts to open a lost path again: from the first
@@ -52,12 +68,32 @@ pub const REOPEN_BACKOFF: (Duration, Duration) =
 /// Opens the backing device of a config string (options it leaves unset
 /// from `defaults`), or says why not.
 pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
-    let opened = crate::config::parse_with(cfg, defaults)
-        .map_err(|e| e.to_string())
-        .and_then(|c| backing::open(&c).map_err(|e| e.to_string()));
-    match opened {
+    let c = match crate::config::parse_with(cfg, defaults) {
+        Ok(c) => c,
+        Err(e) => return BackingState::Bad(e.to_string()),
+    };
+    match backing::open(&c) {
         Ok(b) => BackingState::Up(Arc::new(b)),
-        Err(e) => BackingState::Bad(e),
+        Err(e) if e.is_absent() => {
+            let now = Instant::now();
+            let timeouts = backing::timeouts_of(&c, crate::scsi::direction::DeviceClass::Block);
+            BackingState::Lost(Box::new(Lost {
+                node: c.path.clone(),
+                cfg: c,
+                identity: None,
+                vendor_model: String::new(),
+                longest_timeout: timeouts.longest(),
+                sg_floor: crate::expiry::BLOCK_SG_FLOOR,
+                max_inflight: 1,
+                why: format!("not there yet: {e}"),
+                since: now,
+                next_try: now + REOPEN_BACKOFF.0,
+                backoff: REOPEN_BACKOFF.0,
+                refused: None,
+                first: true,
+            }))
+        }
+        Err(e) => BackingState::Bad(e.to_string()),
     }
 }
 
@@ -136,12 +172,18 @@ impl BackingSlot {
                 r.backing = l.cfg.path.display().to_string();
                 r.node = l.node.display().to_string();
                 r.identity = identity_text(l.identity.as_ref(), &l.vendor_model);
-                r.state = "re-opening".into();
-                r.state_detail = format!(
-                    "lost {:.0} s ago: {}",
-                    l.since.elapsed().as_secs_f64(),
-                    l.why
-                );
+                if l.first {
+                    r.state = "waiting".into();
+                    r.state_detail =
+                        format!("for {:.0} s: {}", l.since.elapsed().as_secs_f64(), l.why);
+                } else {
+                    r.state = "re-opening".into();
+                    r.state_detail = format!(
+                        "lost {:.0} s ago: {}",
+                        l.since.elapsed().as_secs_f64(),
+                        l.why
+                    );
+                }
             }
         }
     }
@@ -177,34 +219,36 @@ impl BackingSlot {
             next_try: now + REOPEN_BACKOFF.0,
             backoff: REOPEN_BACKOFF.0,
             refused: None,
+            first: false,
         }));
         DeviceStats::count(&stats.lost);
         true
     }
 
     /// For a lost backing device: opens its path again when due, and
-    /// serves it if it is the same logical unit. Returns how long until
-    /// the next attempt (None: nothing to do).
-    pub fn reopen(&self, stats: &DeviceStats) -> Option<Duration> {
+    /// serves it if it is the same logical unit (any unit, for one never
+    /// opened).
+    pub fn reopen(&self, stats: &DeviceStats) -> Reopen {
         let (cfg, identity, due) = match &*self.state.lock().unwrap() {
             BackingState::Lost(l) => (l.cfg.clone(), l.identity.clone(), l.next_try),
-            _ => return None,
+            _ => return Reopen::Idle,
         };
         let now = Instant::now();
         if now < due {
-            return Some(due - now);
+            return Reopen::Wait(due - now);
         }
         // Opened without the lock: probing and INQUIRY take a while.
         let opened = backing::open(&cfg);
         let mut st = self.state.lock().unwrap();
         let BackingState::Lost(l) = &mut *st else {
-            return None; // reconfigured meanwhile
+            return Reopen::Idle; // reconfigured meanwhile
         };
         match opened {
-            Ok(b) if b.identity == identity => {
+            Ok(b) if l.first || b.identity == identity => {
                 log::info!(
-                    "{}: backing device back after {:.1} s: {}",
+                    "{}: backing device {} after {:.1} s: {}",
                     self.label,
+                    if l.first { "there" } else { "back" },
                     l.since.elapsed().as_secs_f64(),
                     b.info.describe()
                 );
@@ -214,9 +258,12 @@ impl BackingSlot {
                         self.label
                     );
                 }
-                DeviceStats::count(&stats.reopened);
+                if !l.first {
+                    DeviceStats::count(&stats.reopened);
+                }
+                let cap = b.max_inflight();
                 *st = BackingState::Up(Arc::new(b));
-                return None;
+                return Reopen::Up(cap);
             }
             Ok(b) => {
                 if l.refused != b.identity {
@@ -239,7 +286,7 @@ impl BackingSlot {
         }
         l.backoff = (l.backoff * 2).min(REOPEN_BACKOFF.1);
         l.next_try = Instant::now() + l.backoff;
-        Some(l.backoff)
+        Reopen::Wait(l.backoff)
     }
 
     /// Replaces the backing device with the one `cfg` names (the old one

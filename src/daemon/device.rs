@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::backing_state::{BackingSlot, BackingState};
+use super::backing_state::{BackingSlot, BackingState, Reopen};
 use super::dispatch::{Crew, Lead, Work};
 use super::inline_meter::{large_read, InlineMeter, INLINE_SAMPLE};
 use super::stall;
@@ -521,7 +521,16 @@ impl Work for Device {
             }
             // A lost backing device is looked for again when due, busy or
             // not (under load the leader rarely reaches its poll).
-            let reopen_in = self.backing.reopen(&self.stats);
+            let reopen_in = match self.backing.reopen(&self.stats) {
+                Reopen::Up(cap) => {
+                    // A unit that was never open has its own limits.
+                    crew.set_cap(cap);
+                    self.log_timing();
+                    None
+                }
+                Reopen::Wait(d) => Some(d),
+                Reopen::Idle => None,
+            };
             if revents[0] != 0 {
                 // Consume the event before reading the ring: a command
                 // queued after the read raises a new one.

@@ -169,7 +169,12 @@ impl Registry {
                 "{label}: bad config '{}' ({e}); answering every command NOT READY",
                 d.name.cfg
             ),
-            BackingState::Lost(_) => {}
+            BackingState::Lost(_) => log::warn!(
+                "{label}: '{}': the backing device is not there yet; answering NOT READY \
+                 and looking for it every {:?} or less",
+                d.name.cfg,
+                super::backing_state::REOPEN_BACKOFF.1
+            ),
         }
         if let BackingState::Up(b) = &backing {
             if b.identity.is_none() {
@@ -286,12 +291,13 @@ impl Registry {
     }
 }
 
-/// A device whose longest command needs more than its `cmd_time_out`
-/// leaves (a tape's REWIND, hours, under LIO's default 30 s) gets it
-/// raised, if LIO still allows the change (the device is not exported yet:
-/// targetcli creates a backstore before its LUNs). Returns the value in
-/// force; if it could not be raised, the device's SG_IO timeouts are
-/// lowered instead (see `crate::expiry`), with a warning.
+/// A device whose longest command needs more than LIO's default
+/// `cmd_time_out` (a tape's REWIND, hours, under 30 s) gets it raised, if
+/// LIO still allows the change (the device is not exported yet: targetcli
+/// creates a backstore before its LUNs). A value other than the default
+/// was chosen by someone and stays. Returns the value in force; where it
+/// is too short, the device's SG_IO timeouts are lowered instead (see
+/// `crate::expiry`), with a warning.
 fn raise_cmd_time_out(
     store: &configfs::UserBackstore,
     backing: &BackingState,
@@ -303,7 +309,7 @@ fn raise_cmd_time_out(
     };
     let longest = b.timeouts.longest();
     let needed = crate::expiry::Timing::cmd_time_out_for(longest, b.sg_floor());
-    if now.is_zero() || now >= needed {
+    if now != crate::export::LIO_CMD_TIME_OUT || now >= needed {
         return now;
     }
     match store.set_attrib("cmd_time_out", &needed.as_secs().to_string()) {

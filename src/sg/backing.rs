@@ -28,6 +28,20 @@ pub enum BackingError {
     Sysfs { path: PathBuf, file: String },
 }
 
+impl BackingError {
+    /// The path leads nowhere (yet): no such file, or a node whose device
+    /// is gone. At boot a disk can appear after its handler is up.
+    pub fn is_absent(&self) -> bool {
+        match self {
+            BackingError::Io { err, .. } => {
+                err.kind() == std::io::ErrorKind::NotFound
+                    || matches!(err.raw_os_error(), Some(libc::ENXIO | libc::ENODEV))
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackingError + '_ {
     move |err| BackingError::Io {
         path: path.to_path_buf(),
@@ -460,5 +474,8 @@ mod tests {
         ));
         let e = probe(&cfg("/dev/does-not-exist"), Path::new("/sys")).unwrap_err();
         assert!(matches!(e, BackingError::Io { .. }), "{e}");
+        assert!(e.is_absent());
+        let e = probe(&cfg("/dev/null"), Path::new("/sys")).unwrap_err();
+        assert!(!e.is_absent());
     }
 }

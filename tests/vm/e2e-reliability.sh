@@ -142,6 +142,28 @@ ln -sfn "$(lsscsi | awk -v a="[$BADDR]" '$1 == a {print $NF}')" /dev/disk/by-id/
 check "  until the path leads to the same unit again" \
     wait_for 10 bash -c "[ \"\$($SGIO run $LSG 28000000000000000800 --in 4096 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = 0 ]"
 timeout 60 "$BIN" unexport --name s0 || bad "unexport s0"
+
+# A backing device that is not there when the daemon starts (a disk found
+# after its handler is up, as at boot): NOT READY while it is away, served
+# as soon as its path leads somewhere, with no admin action.
+ln -sfn "${DISKS[2]}" /dev/disk/by-id/scsi-test-late
+LUN=$(timeout 90 "$BIN" export --name w0 /dev/disk/by-id/scsi-test-late) || { bad "export w0"; finish; }
+LSG=$(sg_of "$LUN")
+kill -TERM $DAEMON; wait $DAEMON
+rm /dev/disk/by-id/scsi-test-late
+start_daemon
+check "a daemon started before its backing device: the device waits for it" \
+    wait_for 10 bash -c "$BIN status --json | grep -q '\"state\": \"waiting\"'"
+answer=$(timeout 10 $SGIO run "$LSG" 28000000000000000800 --in 4096)
+check "  commands get NOT READY 05/00 meanwhile" \
+    grep -q '"status": 2,.*"sense": "70000200000000..00000000050000' <<< "$answer"
+ln -sfn "${DISKS[2]}" /dev/disk/by-id/scsi-test-late
+t0=$(date +%s.%N)
+check "  and it is served within 3 s of its path appearing" \
+    wait_for 3 bash -c "[ \"\$($SGIO run $LSG 28000000000000000800 --in 4096 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = 0 ]"
+echo "served $(python3 -c "print(round($(date +%s.%N) - $t0, 2))") s after the path appeared"
+check "  the log says so" grep -q "w0 (uio[0-9]*): backing device there after" "$LOG"
+timeout 60 "$BIN" unexport --name w0 || bad "unexport w0"
 fi
 
 # --- 3. task management under load ------------------------------------------
