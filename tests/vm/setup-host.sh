@@ -9,7 +9,7 @@
 set -euo pipefail
 pkgs=(qemu-system-x86 busybox-static kmod cpio sg3-utils lsscsi fio targetcli-fb
       python3-rtslib-fb open-iscsi libiscsi-bin dbus tcmu-runner linux-perf dmsetup
-      xz-utils zstd mt-st tgt mtx)
+      xz-utils zstd mt-st tgt mtx multipath-tools)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
