@@ -29,6 +29,7 @@ pub mod scsi {
     pub mod direction;
     pub mod sense;
     pub mod timeouts;
+    pub mod vpd;
 }
 
 pub mod sg {

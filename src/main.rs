@@ -393,6 +393,9 @@ fn run(a: RunArgs) -> ExitCode {
         eprintln!("tcmu-sg: {e}");
         return ExitCode::from(2);
     }
+    if !tcmu_sg::sys::limit_malloc_arenas(2) {
+        log::warn!("malloc arenas not bounded (mallopt refused M_ARENA_MAX)");
+    }
     if let Err(e) = tcmu_sg::sys::install_stop_handlers() {
         log::error!("signals: {e}");
         return ExitCode::from(2);

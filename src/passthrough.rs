@@ -7,7 +7,9 @@ use crate::error::CmdError;
 use crate::scsi::cdb::RwCdb;
 use crate::scsi::direction::{direction, DeviceClass, Direction};
 use crate::scsi::sense::{status, Outcome, SgResult};
-use crate::tcmu::ring::{CmdRequest, Completion};
+use crate::scsi::vpd;
+use crate::tcmu::mapping::Mapping;
+use crate::tcmu::ring::{CmdRequest, Completion, DataIov};
 
 /// What the passthrough needs to know about a backing device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,53 @@ where
             )
         }
     }
+}
+
+/// What tcmu-sg changes in a response before it goes back to the
+/// initiator: the Block Limits VPD page of a device it splits commands
+/// for carries tcmu-sg's transfer limit (see `scsi::vpd`). Reads and
+/// writes the command's data area in `map`, through its iovecs.
+pub fn adjust_response(cmd: &CmdRequest, dev: &DeviceParams, o: &Outcome, map: &Mapping) {
+    if !dev.class.splits_by_lba()
+        || o.status != status::GOOD
+        || !vpd::is_block_limits_inquiry(&cmd.cdb)
+        || dev.block_size == 0
+    {
+        return;
+    }
+    let moved = cmd.data_len() - o.residual.min(cmd.data_len());
+    let mut head = [0u8; 16];
+    if moved < head.len() as u64 || !copy_head(map, &cmd.iovs, &mut head, false) {
+        return;
+    }
+    let max_blocks = (dev.max_bytes / dev.block_size as u64).min(u32::MAX as u64) as u32;
+    if vpd::cap_block_limits(&mut head, max_blocks) {
+        copy_head(map, &cmd.iovs, &mut head, true);
+    }
+}
+
+/// Copies the first `buf.len()` bytes of a command's data out of the data
+/// area (`to_map` false) or back into it; false if the iovecs hold fewer
+/// or one is out of bounds.
+fn copy_head(map: &Mapping, iovs: &[DataIov], buf: &mut [u8], to_map: bool) -> bool {
+    let mut done = 0;
+    for v in iovs {
+        if done == buf.len() {
+            break;
+        }
+        let n = (buf.len() - done).min(v.len as usize);
+        let part = &mut buf[done..done + n];
+        let ok = if to_map {
+            map.write_bytes(v.off, part).is_ok()
+        } else {
+            map.read_bytes(v.off, part).is_ok()
+        };
+        if !ok {
+            return false;
+        }
+        done += n;
+    }
+    done == buf.len()
 }
 
 /// The ring completion for an outcome.

@@ -119,6 +119,18 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Bounds glibc's malloc arenas at `n`. Each thread that allocates gets
+/// an arena of its own otherwise, up to eight per CPU, and a daemon whose
+/// crews start and retire threads as the load comes and goes spreads its
+/// few allocations over ever more of them: the resident size creeps. The
+/// command path does not allocate (`tests/alloc_steady.rs`), so two arenas
+/// cost no contention. Returns whether glibc took it.
+pub fn limit_malloc_arenas(n: i32) -> bool {
+    // SAFETY: mallopt only changes allocator parameters; called at start,
+    // before any thread of ours exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+}
+
 /// Voluntary context switches of the calling thread so far (it slept that
 /// many times).
 pub fn voluntary_switches() -> u64 {

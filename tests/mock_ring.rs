@@ -682,3 +682,43 @@ fn protected_commands_that_need_splitting_are_refused() {
     assert_eq!(decode(&c.sense), Some(code::INVALID_FIELD));
     assert!(disk.cdbs.is_empty());
 }
+
+/// The Block Limits page the initiator gets carries tcmu-sg's transfer
+/// limit (1 MiB of 512-byte blocks here), the rest of it the device's.
+#[test]
+fn the_block_limits_page_carries_the_transfer_limit() {
+    let mut k = MockKernel::new(64 << 10, 16, ALL);
+    let mut ring = Ring::new(k.mapping()).unwrap();
+    let mut disk = RamDisk::new(512, 4096);
+    let map = k.mapping();
+    k.queue_cmd(&[0x12, 0x01, 0xb0, 0, 64, 0], MockData::In(64))
+        .unwrap();
+    let Entry::Cmd(cmd) = ring.poll().unwrap().remove(0) else {
+        panic!("a command")
+    };
+    let mut ctx = (&mut disk, &*map);
+    let (dir, o) = execute(&cmd, &DEV, &mut Scratch::default(), &mut ctx, RamDisk::io);
+    tcmu_sg::passthrough::adjust_response(&cmd, &DEV, &o, &map);
+    ring.complete(completion(cmd.cmd_id, dir, cmd.data_len(), &o))
+        .unwrap();
+    ring.flush();
+    k.handle_completions().unwrap();
+    let page = &k.completed[0].data;
+    assert_eq!(page.len(), 64);
+    assert_eq!(u32::from_be_bytes(page[8..12].try_into().unwrap()), 2048);
+    // The device's optimal length (2048) is not above the limit: kept.
+    assert_eq!(u32::from_be_bytes(page[12..16].try_into().unwrap()), 2048);
+    assert_eq!(page[3], 0x3c);
+    // A tape's would not be touched.
+    let tape = DeviceParams {
+        class: DeviceClass::Stream,
+        ..DEV
+    };
+    let mut before = [0u8; 16];
+    map.read_bytes(cmd.iovs[0].off, &mut before).unwrap();
+    map.write_bytes(cmd.iovs[0].off + 8, &[0; 4]).unwrap();
+    tcmu_sg::passthrough::adjust_response(&cmd, &tape, &o, &map);
+    let mut after = [0u8; 4];
+    map.read_bytes(cmd.iovs[0].off + 8, &mut after).unwrap();
+    assert_eq!(after, [0; 4]);
+}

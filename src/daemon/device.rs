@@ -604,6 +604,7 @@ impl Work for Device {
                 };
                 let (dir, o) =
                     passthrough::execute(&cmd, &b.info.params, &mut t.dma, &mut ctx, IoCtx::io);
+                passthrough::adjust_response(&cmd, &b.info.params, &o, &self.uio.map);
                 if let Some(why) = ctx.gone {
                     if self.backing.lost(&b, why, &self.stats) {
                         // The leader's poll timeout follows the back-off.

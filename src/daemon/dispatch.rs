@@ -60,11 +60,17 @@ pub trait Work: Send + Sync + Sized + 'static {
     fn label(&self) -> &str;
 }
 
-/// The daemon-wide bound on crew threads.
+/// The daemon-wide bound on crew threads. When it first refuses a thread
+/// it says so once for the whole daemon (with the number of devices held
+/// back), and once more when it no longer binds; each device's own
+/// waits go to the debug log.
 #[derive(Debug)]
 pub struct Budget {
     limit: AtomicUsize,
     used: AtomicUsize,
+    /// Crews a refusal holds back now; the daemon-wide line is logged as
+    /// this leaves and reaches 0.
+    holding: AtomicUsize,
 }
 
 impl Budget {
@@ -72,6 +78,7 @@ impl Budget {
         Arc::new(Budget {
             limit: AtomicUsize::new(limit.max(1)),
             used: AtomicUsize::new(0),
+            holding: AtomicUsize::new(0),
         })
     }
 
@@ -104,6 +111,27 @@ impl Budget {
 
     fn give_back(&self) {
         self.used.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Crews the limit holds back now.
+    pub fn holding(&self) -> usize {
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    /// A crew is held back (`on`) or no longer is.
+    fn hold(&self, on: bool, label: &str, waiting: usize) {
+        if on {
+            if self.holding.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::warn!(
+                    "the daemon-wide thread limit ({} SG_IO threads) binds: commands wait \
+                     for a thread ({label} first, {waiting} commands); raise run \
+                     --max-threads (or io.max_threads) if the backing devices can take more",
+                    self.limit()
+                );
+            }
+        } else if self.holding.fetch_sub(1, Ordering::Relaxed) == 1 {
+            log::info!("the daemon-wide thread limit no longer binds");
+        }
     }
 }
 
@@ -288,7 +316,7 @@ impl<W: Work> Crew<W> {
         while need > 0 && st.threads < self.cap() + 1 {
             if !self.budget.try_take() {
                 if !st.held_back {
-                    log::warn!(
+                    log::debug!(
                         "{}: held back by the daemon-wide thread limit ({}): {} commands wait \
                          for a thread ({} threads on this device)",
                         self.work.label(),
@@ -296,6 +324,7 @@ impl<W: Work> Crew<W> {
                         st.queue.len(),
                         st.threads
                     );
+                    self.budget.hold(true, self.work.label(), st.queue.len());
                     st.held_back = true;
                 }
                 return;
@@ -310,10 +339,11 @@ impl<W: Work> Crew<W> {
             need -= 1;
         }
         if need == 0 && st.held_back {
-            log::info!(
+            log::debug!(
                 "{}: no longer held back by the thread limit",
                 self.work.label()
             );
+            self.budget.hold(false, self.work.label(), 0);
             st.held_back = false;
         }
     }
@@ -387,6 +417,10 @@ impl<W: Work> Crew<W> {
         st.threads -= 1;
         self.budget.give_back();
         if st.threads == 0 {
+            if st.held_back {
+                self.budget.hold(false, self.work.label(), 0);
+                st.held_back = false;
+            }
             self.gone.notify_all();
         }
     }
@@ -572,6 +606,8 @@ mod tests {
             slow.work().now.load(Ordering::SeqCst) >= 5
         });
         assert_eq!(budget.used(), 6);
+        // One crew held back: the daemon-wide line counts it.
+        assert_eq!(budget.holding(), 1);
         // The fast device still serves, on its own first thread.
         for i in 0..10 {
             fast_tx.send(i).unwrap();
@@ -588,6 +624,7 @@ mod tests {
         assert!(slow.wait_gone(Duration::from_secs(5)));
         assert!(fast.wait_gone(Duration::from_secs(5)));
         assert_eq!(budget.used(), 0);
+        assert_eq!(budget.holding(), 0);
     }
 
     /// Lowering the cap lowers the items in flight at once, even with more

@@ -56,6 +56,18 @@ impl RamDisk {
             if io.cdb[0] == 0x00 {
                 return SgResult::good(); // TEST UNIT READY
             }
+            if io.cdb[0] == 0x12 && io.cdb[1] & 1 != 0 && io.cdb[2] == 0xb0 {
+                // Block Limits: no maximum transfer length, optimal 2048.
+                let mut page = [0u8; 64];
+                page[1] = 0xb0;
+                page[3] = 0x3c;
+                page[12..16].copy_from_slice(&2048u32.to_be_bytes());
+                let n = (io.len as usize).min(page.len());
+                map.write_bytes(io.iovs[0].off, &page[..n]).unwrap();
+                let mut r = SgResult::good();
+                r.resid = (io.len - n as u64) as i32;
+                return r;
+            }
             if io.cdb[0] == 0x12 {
                 let inq = b"\x00\x00\x06\x02\x1f\x00\x00\x00RAMDISK mock            0001";
                 let mut left = &inq[..];

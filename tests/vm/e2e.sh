@@ -115,6 +115,24 @@ timeout 60 "$BIN" unexport --name d0 || bad "unexport d0"
 check "unexport removed the backstore" [ ! -e /sys/kernel/config/target/core/user_1/d0 ]
 LUN=$(timeout 90 "$BIN" export --name d1 --options "max_xfer_kb=64" "$BACK") || { bad "export d1 (max_xfer_kb=64)"; finish; }
 LUN_SG=$(sg_of "$LUN")
+# The Block Limits VPD page is the backing device's but for its transfer
+# lengths, which say tcmu-sg's limit (64 KiB = 128 blocks), so that the
+# initiator splits large requests itself.
+$SGIO run "$BACK_SG" 1201b0004000 --in 64 --save /tmp/b0-back > /dev/null
+$SGIO run "$LUN_SG" 1201b0004000 --in 64 --save /tmp/b0-lun > /dev/null
+b0_same_but_lengths() {
+    python3 - /tmp/b0-back /tmp/b0-lun <<'PY'
+import sys
+a, b = (open(f, "rb").read() for f in sys.argv[1:])
+be = lambda x, i: int.from_bytes(x[i:i + 4], "big")
+print(f"Block Limits: backing max {be(a, 8)} optimal {be(a, 12)}, LUN max {be(b, 8)} optimal {be(b, 12)}")
+same = a[:8] == b[:8] and a[16:] == b[16:]
+sys.exit(not (same and len(a) == len(b) == 64 and be(b, 8) == 128 and be(b, 12) <= 128))
+PY
+}
+check "VPD B0: the backing device's but for the transfer lengths, which say 64 KiB" b0_same_but_lengths
+check "  and the initiator takes it: requests of at most 64 KiB" \
+    [ "$(cat /sys/block/"${LUN#/dev/}"/queue/max_sectors_kb)" -le 64 ]
 T=/sys/kernel/tracing
 trace_on() { echo "host_no == $backing_host" > $T/events/scsi/scsi_dispatch_cmd_start/filter
              echo > $T/trace; echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
@@ -137,9 +155,10 @@ check "it reached the backing device as 16 WRITE(10) of 128 blocks, in LBA order
 check "the split write landed intact on the backing device" \
     cmp <(dd if="$BACK" bs=512 skip=32768 count=2048 iflag=direct 2>/dev/null) /tmp/p1
 
-# A 4 MiB write through the initiator's block device (4 commands of 1 MiB):
-# 64 chunks of 64 KiB covering the range exactly once.
-echo 1024 > /sys/block/"${LUN#/dev/}"/queue/max_sectors_kb
+# A 4 MiB write through the initiator's block device: the initiator, told
+# the limit by the Block Limits page, sends it in pieces of at most 64 KiB,
+# side by side; they reach the backing device covering the range exactly
+# once.
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
 trace_on
 dd if=/tmp/pattern of="$LUN" bs=4M count=1 seek=16 oflag=direct 2>/dev/null
