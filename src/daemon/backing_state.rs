@@ -307,7 +307,13 @@ impl BackingSlot {
                 "{}: reconfigured with a bad config ({e}); answering NOT READY",
                 self.label
             ),
-            BackingState::Lost(_) => {}
+            BackingState::Lost(l) => log::warn!(
+                "{}: reconfigured to {}, which is not there yet; answering NOT READY and \
+                 looking for it every {:?} or less",
+                self.label,
+                l.cfg.path.display(),
+                REOPEN_BACKOFF.1
+            ),
         }
         cap
     }

@@ -200,12 +200,17 @@ trace_off
 check "after reconfig a 1 MiB write is 32 chunks of 64 blocks" \
     diff <(writes) <(seq 0 31 | awk '{print 32768 + 64 * $1, 64}')
 check "set-config refuses a bad config string" bash -c "! $BIN set-config --name d1 'sg/$BACK;bogus=1'"
-"$BIN" set-config --name d1 "sg//dev/sd-gone"
-check "RECONFIG to a missing device is logged" wait_log "reconfigured with a bad config"
+"$BIN" set-config --name d1 "sg//dev/null"
+check "RECONFIG to a device that cannot be served is logged" wait_log "reconfigured with a bad config"
 t=$($SGIO run "$LUN_SG" 000000000000)
 echo "TEST UNIT READY on a device without backing: $t"
 check "  and every command is answered NOT READY 04/03" \
     grep -q '"status": 2,.*"sense": "700002000000000a00000000040300000000"' <<< "$t"
+"$BIN" set-config --name d1 "sg//dev/sd-gone"
+check "RECONFIG to a path that leads nowhere yet is logged" wait_log "reconfigured to /dev/sd-gone, which is not there yet"
+t=$($SGIO run "$LUN_SG" 000000000000)
+check "  and commands are answered NOT READY 05/00 while it is looked for" \
+    grep -q '"status": 2,.*"sense": "700002000000000a00000000050000000000"' <<< "$t"
 check "the daemon is still running" kill -0 $DAEMON
 "$BIN" set-config --name d1 "sg/$BACK"
 wait_log "reconfigured: .*max transfer 4096 KiB" || true
