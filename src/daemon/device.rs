@@ -508,7 +508,8 @@ impl Work for Device {
             let now = Stamp::now();
             if let Some((old, new)) = self.guard.refresh(now) {
                 log::warn!(
-                    "{}: cmd_time_out changed from {} s to {} s; commands the ring held                      before now are refused",
+                    "{}: cmd_time_out changed from {} s to {} s; commands the ring held \
+                     before now are refused",
                     self.label,
                     old.as_secs(),
                     new.as_secs()
