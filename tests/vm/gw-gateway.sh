@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A gateway VM of tests/vm/gateways.sh. It boots as a gateway host would,
 # running the services' commands in their systemd order: iscsid and
-# open-iscsi (log in to the shared storage), rtslib-fb-targetctl (LIO's
-# saved configuration, after a reboot), tcmu-sg (its unit's ExecStart).
+# open-iscsi (log in to the shared storage), tcmu-sg (its unit's
+# ExecStart), rtslib-fb-targetctl (LIO's saved configuration, after a
+# reboot: it sets attributes of user backstores that the kernel refuses
+# unless a handler listens).
 # The first boot creates the export and saves what survives a reboot
 # (/etc/iscsi/nodes, /etc/rtslib-fb-target) in the shared directory; a
 # reboot restores it from there. Then it carries out the initiator's
@@ -43,13 +45,15 @@ udevadm trigger; udevadm settle
 BACK=$(ls /dev/disk/by-id/wwn-0x* 2>/dev/null | grep -v -- '-part' | head -1)
 [ -n "$BACK" ] || { bad "the storage LUN's /dev/disk/by-id link"; finish; }
 echo "$NAME ($MODE): storage LUN $BACK -> $(readlink -f "$BACK")"
-# rtslib-fb-targetctl.service
-if [ "$MODE" = reboot ]; then
-    targetctl restore > /dev/null 2>&1 || bad "targetctl restore"
-fi
 # tcmu-sg.service
 start_daemon() { "$BIN" run --no-dbus --log-level info >> "$LOG" 2>&1 & DAEMON=$!; }
 start_daemon
+wait_for 10 grep -q "listening to TCM-USER netlink events" "$LOG"
+# rtslib-fb-targetctl.service
+if [ "$MODE" = reboot ]; then
+    targetctl restore > /vm-out/$NAME-restore.txt 2>&1 || bad "targetctl restore"
+    check "LIO's saved configuration restored whole" bash -c "! grep -qi 'skipped\|could not' /vm-out/$NAME-restore.txt"
+fi
 if [ "$MODE" = first ]; then
     # cmd_time_out 12 s and SG_IO timeouts of 3 s (7 s through the block
     # node): a stalled or dead daemon's commands fail back in 12 s, before
