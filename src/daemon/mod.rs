@@ -186,6 +186,7 @@ impl Daemon {
                     Err(_) => {}
                 }
             }
+            self.budget.tick();
             let mut event = false;
             if let Some(l) = &nl {
                 if sys::poll_in(&[l.fd()], 1000, &mut revents).is_ok() && revents[0] != 0 {
