@@ -12,6 +12,7 @@ Then 8 tcmu-sg LUNs against 8 pscsi LUNs at once, 4k randread QD32 each, at
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import threading
@@ -101,23 +102,74 @@ def fio_cmd(devs, rw, bs, qd, size="256M"):
     return cmd
 
 
-def fio(devs, rw, bs, qd):
-    out = subprocess.run(fio_cmd(devs, rw, bs, qd), check=True, capture_output=True,
+def guest_busy_seconds():
+    """CPU time the whole guest spent not idle, all CPUs."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def fio(devs, rw, bs, qd, pid=None, cmd=None):
+    """One fio run; with `pid` (the handler's daemon, if any) also the
+    guest CPU it took, split into the daemon's, the initiator's (fio, and
+    the kernel work done in its context: the block layer, tcm_loop, LIO's
+    submission, TCMU's queueing) and the rest of the kernel's (LIO, TCMU,
+    tcm_loop and scsi_debug in interrupts and kernel threads)."""
+    g0, f0 = guest_busy_seconds(), children_seconds()
+    d0 = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(cmd or fio_cmd(devs, rw, bs, qd), check=True, capture_output=True,
                          text=True).stdout
+    d1 = cpu_seconds(pid) if pid else 0.0
+    g1, f1 = guest_busy_seconds(), children_seconds()
     j = json.loads(out[out.index("{"):])["jobs"][0]
     side = j["read"] if rw in ("read", "randread") else j["write"]
     clat = side.get("clat_ns", {})
+    ios = max(side["total_ios"], 1)
+    daemon, initiator = d1 - d0, f1 - f0
+    kernel = max(0.0, (g1 - g0) - daemon - initiator)
     return {
         "iops": side["iops"],
         "mbps": side["bw_bytes"] / 1e6,
         "lat_mean_us": side["lat_ns"]["mean"] / 1000,
         "lat_p99_us": clat.get("percentile", {}).get("99.000000", 0) / 1000,
         "ios": side["total_ios"],
+        # Guest CPU per command, microseconds (the ramp second included).
+        "cpu_us": {"daemon": daemon / ios * 1e6, "initiator": initiator / ios * 1e6,
+                   "kernel": kernel / ios * 1e6},
     }
 
 
 def median_run(rs):
     return sorted(rs, key=lambda r: r["iops"])[len(rs) // 2]
+
+
+def many_devices(sg_devs, pscsi_devs, qd, sg_pid):
+    """4k randread at `qd` on every tcmu-sg LUN at once, then on as many
+    pscsi LUNs; RUNS of each, medians."""
+    runs = {"sg": [], "pscsi": []}
+    peak = 0
+    for _ in range(RUNS):
+        for k, devs in (("sg", sg_devs), ("pscsi", pscsi_devs)):
+            with ThreadPeak(sg_pid) as tp:
+                runs[k].append(fio(devs, "randread", "4k", qd, sg_pid if k == "sg" else None))
+            if k == "sg":
+                peak = max(peak, tp.peak)
+    row = {"job": f"{len(sg_devs)} devices, 4k randread QD{qd} each, 4 ms",
+           "sg_threads_peak": peak}
+    for k, rs in runs.items():
+        row[k] = median_run(rs)
+        row[k]["iops_runs"] = [round(r["iops"], 1) for r in rs]
+        row[k]["cpu_us"] = {p: statistics.median(r["cpu_us"][p] for r in rs)
+                            for p in ("daemon", "initiator", "kernel")}
+    print(f"{len(sg_devs)} devices: sg {row['sg']['iops']:.1f} pscsi {row['pscsi']['iops']:.1f} "
+          f"ratio {row['sg']['iops'] / row['pscsi']['iops']:.2f} threads {peak}", flush=True)
+    return row
 
 
 def main():
@@ -127,6 +179,8 @@ def main():
     ap.add_argument("--qcow", required=True)
     ap.add_argument("--agg-sg", required=True, help="comma-separated tcmu-sg LUNs")
     ap.add_argument("--agg-pscsi", required=True, help="comma-separated pscsi LUNs")
+    ap.add_argument("--jbod-sg", default="", help="comma-separated tcmu-sg LUNs (64)")
+    ap.add_argument("--jbod-pscsi", default="", help="comma-separated pscsi LUNs (64)")
     ap.add_argument("--sg-pid", type=int, required=True)
     ap.add_argument("--runner-pid", type=int, required=True)
     ap.add_argument("--tcmu-sg", required=True)
@@ -147,14 +201,12 @@ def main():
             peak = 0
             for _ in range(RUNS):
                 for k, devs in luns.items():
-                    c0 = cpu_seconds(pids[k]) if k in pids else 0
                     with ThreadPeak(a.sg_pid) as tp:
-                        r = fio(devs, rw, bs, qd)
+                        r = fio(devs, rw, bs, qd, pids.get(k))
                     if k == "sg":
                         peak = max(peak, tp.peak)
                     if k in pids:
-                        used = cpu_seconds(pids[k]) - c0
-                        cpu[k].append(used / max(r["ios"], 1) * 100_000)
+                        cpu[k].append(r["cpu_us"]["daemon"] / 10)
                     runs[k].append(r)
             if split:
                 set_sg_config(a.tcmu_sg, f"sg/{sg_backing()}")
@@ -162,30 +214,19 @@ def main():
             for k, rs in runs.items():
                 row[k] = median_run(rs)
                 row[k]["iops_runs"] = [round(r["iops"], 1) for r in rs]
+                row[k]["cpu_us"] = {p: statistics.median(r["cpu_us"][p] for r in rs)
+                                    for p in ("daemon", "initiator", "kernel")}
             for k, c in cpu.items():
                 row[k]["cpu_s_per_100k_io"] = statistics.median(c)
             results.append(row)
             print(f"{lat:6s} {name:22s} sg {row['sg']['iops']:8.1f}  pscsi {row['pscsi']['iops']:8.1f}  "
                   f"qcow {row['qcow']['iops']:8.1f}  sg/pscsi {row['sg']['iops'] / row['pscsi']['iops']:.2f}  "
                   f"threads {peak}", flush=True)
-    # 8 devices at once, 4 ms.
+    # 8 devices at once, then a JBOD on one gateway (64 devices), 4 ms.
     set_latency("delay", 1)
-    agg = {"sg": [], "pscsi": []}
-    agg_peak = 0
-    for _ in range(RUNS):
-        for k, devs in (("sg", a.agg_sg.split(",")), ("pscsi", a.agg_pscsi.split(","))):
-            with ThreadPeak(a.sg_pid) as tp:
-                agg[k].append(fio(devs, "randread", "4k", 32))
-            if k == "sg":
-                agg_peak = max(agg_peak, tp.peak)
-    aggregate = {"job": f"{len(a.agg_sg.split(','))} devices, 4k randread QD32 each, 4 ms",
-                 "sg_threads_peak": agg_peak}
-    for k, rs in agg.items():
-        aggregate[k] = median_run(rs)
-        aggregate[k]["iops_runs"] = [round(r["iops"], 1) for r in rs]
-    print(f"aggregate: sg {aggregate['sg']['iops']:.1f} pscsi {aggregate['pscsi']['iops']:.1f} "
-          f"ratio {aggregate['sg']['iops'] / aggregate['pscsi']['iops']:.2f} threads {agg_peak}",
-          flush=True)
+    aggregate = many_devices(a.agg_sg.split(","), a.agg_pscsi.split(","), 32, a.sg_pid)
+    jbod = many_devices(a.jbod_sg.split(","), a.jbod_pscsi.split(","), 8, a.sg_pid) \
+        if a.jbod_sg else None
     set_latency("delay", 0)
     info = {
         "kernel": os.uname().release,
@@ -195,6 +236,7 @@ def main():
         "latencies": [lat for lat, _, _ in LATENCIES],
         "jobs": results,
         "aggregate": aggregate,
+        "jbod": jbod,
     }
     with open(a.out, "w") as f:
         json.dump(info, f, indent=1)

@@ -106,18 +106,56 @@ def main():
                 cells.append(f"{ratio(r['sg']['iops'], r[other]['iops']):.2f}" if r else "-")
         cells = [f"**{c}**" if i < len(lats) else c for i, c in enumerate(cells)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    agg = d.get("aggregate")
-    if agg:
-        s, p = agg["sg"], agg["pscsi"]
+    agg, jb = d.get("aggregate"), d.get("jbod")
+    for row, what in ((agg, ""), (jb, " (a JBOD behind one gateway)")):
+        if not row:
+            continue
+        s, p = row["sg"], row["pscsi"]
         lines += [
             "",
-            f"**{agg['job']}**: tcmu-sg {s['iops']:.0f} IOPS (lat mean {s['lat_mean_us']:.0f} us, "
-            f"p99 {s['lat_p99_us']:.0f} us), pscsi {p['iops']:.0f} IOPS (lat mean "
-            f"{p['lat_mean_us']:.0f} us, p99 {p['lat_p99_us']:.0f} us): "
+            f"**{row['job']}**{what}: tcmu-sg {s['iops']:.0f} IOPS (lat mean "
+            f"{s['lat_mean_us']:.0f} us, p99 {s['lat_p99_us']:.0f} us), pscsi {p['iops']:.0f} IOPS "
+            f"(lat mean {p['lat_mean_us']:.0f} us, p99 {p['lat_p99_us']:.0f} us): "
             f"**{ratio(s['iops'], p['iops']):.2f}**; the daemon peaked at "
-            f"{agg['sg_threads_peak']} threads. Runs: sg {s['iops_runs']}, pscsi {p['iops_runs']}.",
+            f"{row['sg_threads_peak']} threads. Runs: sg {s['iops_runs']}, pscsi {p['iops_runs']}.",
         ]
     lines += ["", "![ratios](performance.svg)", ""]
+    lines += [
+        "## Guest CPU per command",
+        "",
+        "Microseconds of guest CPU per command, median run, split three ways: the "
+        "**daemon** (tcmu-sg's or tcmu-runner's process, kernel time in its "
+        "syscalls included: SG_IO, TCMU's completion copy), the **initiator** "
+        "(fio's processes, kernel time in their context included: the block "
+        "layer, tcm_loop, LIO's submission, TCMU's queueing) and the rest of the "
+        "**kernel** (interrupts, softirqs, kernel threads: LIO, TCMU, scsi_debug). "
+        "pscsi has no daemon. d/i/k = daemon / initiator / kernel; the total "
+        "decides what 2 vCPUs can carry.",
+        "",
+        "| job | latency | sg d/i/k | sg total | pscsi i/k | pscsi total | qcow d/i/k | qcow total |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def split(r, daemon=True):
+        c = r.get("cpu_us")
+        if not c:
+            return "-", "-"
+        parts = [c["daemon"]] if daemon else []
+        parts += [c["initiator"], c["kernel"]]
+        return " / ".join(f"{x:.0f}" for x in parts), f"{sum(parts):.0f}"
+
+    for name, rows in jobs.items():
+        for lat in lats:
+            j = rows.get(lat)
+            if not j:
+                continue
+            cells = [*split(j["sg"]), *split(j["pscsi"], daemon=False), *split(j["qcow"])]
+            lines.append(f"| {name} | {lat} | " + " | ".join(cells) + " |")
+    for label, row in (("8 devices", agg), ("64 devices", jb)):
+        if row and row["sg"].get("cpu_us"):
+            cells = [*split(row["sg"]), *split(row["pscsi"], daemon=False), "-", "-"]
+            lines.append(f"| {label} | 4 ms | " + " | ".join(cells) + " |")
+    lines.append("")
     for lat in lats:
         lines += [
             f"## {lat}",
@@ -156,9 +194,12 @@ def main():
             "| devices | threads | Rss | without rings | rings | VmRSS | RssAnon | RssFile | RssShmem |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for n in ("1", "16"):
-            r = rss[n]
-            lines.append(f"| {n} | {r.get('Threads', '-')} | {r.get('SmapsRss', '-')} "
+        for n in ("1", "16", "jbod"):
+            r = rss.get(n)
+            if not r:
+                continue
+            devices = rss.get("devices_at_jbod", "-") if n == "jbod" else n
+            lines.append(f"| {devices} | {r.get('Threads', '-')} | {r.get('SmapsRss', '-')} "
                          f"| **{r.get('WithoutRings', '-')}** | {r.get('Rings', '-')} | {r['VmRSS']} "
                          f"| {r['RssAnon']} | {r['RssFile']} | {r['RssShmem']} |")
         lines.append("")
