@@ -130,7 +130,12 @@ def main():
         "layer, tcm_loop, LIO's submission, TCMU's queueing) and the rest of the "
         "**kernel** (interrupts, softirqs, kernel threads: LIO, TCMU, scsi_debug). "
         "pscsi has no daemon. d/i/k = daemon / initiator / kernel; the total "
-        "decides what 2 vCPUs can carry.",
+        "decides what 2 vCPUs can carry. The CPU is counted over fio's whole run "
+        "(start-up and the 1 s ramp included) and divided by the commands of the "
+        "measured seconds, so every figure is about a quarter high, alike for all "
+        "three: compare the columns, not the absolute values. At low rates (QD1 at "
+        "4 ms) costs that come by the second, not by the command (fio's own "
+        "timekeeping, idle devices' leaders), dominate.",
         "",
         "| job | latency | sg d/i/k | sg total | pscsi i/k | pscsi total | qcow d/i/k | qcow total |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
