@@ -54,6 +54,10 @@ sg_at() { echo "/dev/$(ls /sys/class/scsi_device/"$1"/device/scsi_generic/)"; }
 trace_on() { echo "host_no == $BACK_HOST && lun == $BACK_LUN" > $T/events/scsi/scsi_dispatch_cmd_start/filter
              echo > $T/trace; echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
 trace_off() { echo 0 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
+# Events without recording task names: that recording hooks the scheduler's
+# tracepoints, and patching __schedule's code while it runs has crashed the
+# guest under TCG (int3 oops); the SCSI event patches only scsi_mod.
+echo 0 > $T/options/record-cmd
 # "lba txlen" of each WRITE the backing device received.
 writes() { grep -oE 'cmnd=\(WRITE_(10|16) lba=[0-9]* txlen=[0-9]*' $T/trace | sed 's/.*lba=\([0-9]*\) txlen=\([0-9]*\)/\1 \2/'; }
 

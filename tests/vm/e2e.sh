@@ -137,6 +137,10 @@ T=/sys/kernel/tracing
 trace_on() { echo "host_no == $backing_host" > $T/events/scsi/scsi_dispatch_cmd_start/filter
              echo > $T/trace; echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
 trace_off() { echo 0 > $T/events/scsi/scsi_dispatch_cmd_start/enable; }
+# Events without recording task names: that recording hooks the scheduler's
+# tracepoints, and patching __schedule's code while it runs has crashed the
+# guest under TCG (int3 oops); the SCSI event patches only scsi_mod.
+echo 0 > $T/options/record-cmd
 # "lba txlen" of every WRITE(10) the backing device received, in order.
 writes() { grep -o 'cmnd=(WRITE_10 lba=[0-9]* txlen=[0-9]*' $T/trace | sed 's/.*lba=\([0-9]*\) txlen=\([0-9]*\)/\1 \2/'; }
 expect_chunks() { # FIRST_LBA COUNT: COUNT chunks of 128 blocks from FIRST_LBA
