@@ -78,7 +78,6 @@ LUNS+=("$L65")
 # --- every LUN busy at once ---------------------------------------------------------
 jobs=()
 for i in "${!LUNS[@]}"; do jobs+=(--name="j$i" --filename="${LUNS[$i]}"); done
-peak=0
 ( while sleep 0.5; do ls /proc/$DAEMON/task 2>/dev/null | wc -l; done ) > /tmp/jbod-threads &
 SAMPLER=$!
 c0=$(awk '{print $14 + $15}' /proc/$DAEMON/stat)
@@ -116,7 +115,7 @@ check "  and at most 10% of one CPU" python3 -c "import sys; sys.exit(not ($idle
 
 # --- the thread limit binding -----------------------------------------------------------
 kill -TERM $DAEMON; wait $DAEMON
-: > /tmp/jbod-mark; echo "--- restarted with --max-threads 128" >> "$LOG"
+echo "--- restarted with --max-threads 128" >> "$LOG"
 start_daemon --max-threads 128
 all_served 30 > /dev/null
 fio --rw=randread --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --size=64M --runtime=4 \
