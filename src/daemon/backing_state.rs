@@ -50,9 +50,7 @@ pub struct Lost {
     sg_floor: Duration,
     max_inflight: usize,
     why: String,
-    since: Instant,
-    next_try: Instant,
-    backoff: Duration,
+    retry: Retry,
     /// The last other unit found at the path (logged once).
     refused: Option<Identity>,
     /// Never opened: whatever unit first appears at the path is served.
@@ -65,6 +63,32 @@ pub struct Lost {
 pub const REOPEN_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(2));
 
+/// When a lost path is opened again, on the `REOPEN_BACKOFF` schedule.
+struct Retry {
+    since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn start() -> Retry {
+        let now = Instant::now();
+        Retry {
+            since: now,
+            next_try: now + REOPEN_BACKOFF.0,
+            backoff: REOPEN_BACKOFF.0,
+        }
+    }
+
+    /// After an attempt that found nothing to serve: the wait until the
+    /// next, twice the last one up to the ceiling.
+    fn failed(&mut self) -> Duration {
+        self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF.1);
+        self.next_try = Instant::now() + self.backoff;
+        self.backoff
+    }
+}
+
 /// Opens the backing device of a config string (options it leaves unset
 /// from `defaults`), or says why not.
 pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
@@ -75,7 +99,6 @@ pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
     match backing::open(&c) {
         Ok(b) => BackingState::Up(Arc::new(b)),
         Err(e) if e.is_absent() => {
-            let now = Instant::now();
             let timeouts = backing::timeouts_of(&c, crate::scsi::direction::DeviceClass::Block);
             BackingState::Lost(Box::new(Lost {
                 node: c.path.clone(),
@@ -86,9 +109,7 @@ pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
                 sg_floor: crate::expiry::BLOCK_SG_FLOOR,
                 max_inflight: 1,
                 why: format!("not there yet: {e}"),
-                since: now,
-                next_try: now + REOPEN_BACKOFF.0,
-                backoff: REOPEN_BACKOFF.0,
+                retry: Retry::start(),
                 refused: None,
                 first: true,
             }))
@@ -174,13 +195,16 @@ impl BackingSlot {
                 r.identity = identity_text(l.identity.as_ref(), &l.vendor_model);
                 if l.first {
                     r.state = "waiting".into();
-                    r.state_detail =
-                        format!("for {:.0} s: {}", l.since.elapsed().as_secs_f64(), l.why);
+                    r.state_detail = format!(
+                        "for {:.0} s: {}",
+                        l.retry.since.elapsed().as_secs_f64(),
+                        l.why
+                    );
                 } else {
                     r.state = "re-opening".into();
                     r.state_detail = format!(
                         "lost {:.0} s ago: {}",
-                        l.since.elapsed().as_secs_f64(),
+                        l.retry.since.elapsed().as_secs_f64(),
                         l.why
                     );
                 }
@@ -205,7 +229,6 @@ impl BackingSlot {
             b.cfg.path.display(),
             REOPEN_BACKOFF.1
         );
-        let now = Instant::now();
         *st = BackingState::Lost(Box::new(Lost {
             cfg: b.cfg.clone(),
             identity: b.identity.clone(),
@@ -215,9 +238,7 @@ impl BackingSlot {
             sg_floor: b.sg_floor(),
             max_inflight: b.max_inflight(),
             why: format!("{} {why}", b.info.node.display()),
-            since: now,
-            next_try: now + REOPEN_BACKOFF.0,
-            backoff: REOPEN_BACKOFF.0,
+            retry: Retry::start(),
             refused: None,
             first: false,
         }));
@@ -230,7 +251,7 @@ impl BackingSlot {
     /// opened).
     pub fn reopen(&self, stats: &DeviceStats) -> Reopen {
         let (cfg, identity, due) = match &*self.state.lock().unwrap() {
-            BackingState::Lost(l) => (l.cfg.clone(), l.identity.clone(), l.next_try),
+            BackingState::Lost(l) => (l.cfg.clone(), l.identity.clone(), l.retry.next_try),
             _ => return Reopen::Idle,
         };
         let now = Instant::now();
@@ -249,7 +270,7 @@ impl BackingSlot {
                     "{}: backing device {} after {:.1} s: {}",
                     self.label,
                     if l.first { "there" } else { "back" },
-                    l.since.elapsed().as_secs_f64(),
+                    l.retry.since.elapsed().as_secs_f64(),
                     b.info.describe()
                 );
                 if b.identity.is_none() {
@@ -284,9 +305,7 @@ impl BackingSlot {
             }
             Err(e) => log::debug!("{}: {} not back: {e}", self.label, cfg.path.display()),
         }
-        l.backoff = (l.backoff * 2).min(REOPEN_BACKOFF.1);
-        l.next_try = Instant::now() + l.backoff;
-        Reopen::Wait(l.backoff)
+        Reopen::Wait(l.retry.failed())
     }
 
     /// Replaces the backing device with the one `cfg` names (the old one
