@@ -56,7 +56,7 @@ impl RamDisk {
             if io.cdb[0] == 0x00 {
                 return SgResult::good(); // TEST UNIT READY
             }
-            if io.cdb[0] == 0x12 && io.cdb[1] & 1 != 0 && io.cdb[2] == 0xb0 {
+            if tcmu_sg::scsi::vpd::is_block_limits_inquiry(io.cdb) {
                 // Block Limits: no maximum transfer length, optimal 2048.
                 let mut page = [0u8; 64];
                 page[1] = 0xb0;
