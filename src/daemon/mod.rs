@@ -206,7 +206,7 @@ impl Daemon {
             } else {
                 std::thread::sleep(Duration::from_millis(500));
             }
-            if event || last_scan.elapsed() >= self.opts.rescan {
+            if event || last_scan.elapsed() >= self.opts.rescan || self.registry.retry_due() {
                 self.reconcile();
                 last_scan = Instant::now();
             }

@@ -86,6 +86,14 @@ impl Registry {
         self.devices.len()
     }
 
+    /// A device that could not be started is due for another try: the
+    /// daemon then reconciles without waiting for its next rescan, so a
+    /// device whose attach raced its own configuration (LIO refuses
+    /// `block_dev` until the device is enabled) is served `RETRY` later.
+    pub fn retry_due(&self) -> bool {
+        self.failed.values().any(|(_, at)| at.elapsed() >= RETRY)
+    }
+
     fn start(&mut self, d: &UioDev) {
         let label = format!("{} ({})", d.name.configfs_dir(), d.uio);
         let retry = self.failed.contains_key(&d.uio);
