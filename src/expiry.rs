@@ -85,7 +85,7 @@ pub const BLOCK_SG_FLOOR: Duration = Duration::from_secs(7);
 const MIN_MARGIN: Duration = Duration::from_secs(2);
 const MAX_MARGIN: Duration = Duration::from_secs(30);
 /// An idle device's ring is looked at least this often.
-const MAX_SCAN_EVERY: Duration = Duration::from_secs(1);
+pub const MAX_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// The timing of one device's commands: LIO's `cmd_time_out` and the
 /// SG_IO timeout, and what follows from them.
@@ -173,7 +173,7 @@ impl Timing {
         }
     }
 
-    /// How often an idle leader looks at the ring, so that a command that
+    /// How often an idle crew looks at the ring, so that a command that
     /// arrives while the daemon runs normally is found well inside its
     /// window: half the window, at most a second.
     pub fn scan_every(&self) -> Duration {

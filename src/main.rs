@@ -396,6 +396,10 @@ fn run(a: RunArgs) -> ExitCode {
     if !tcmu_sg::sys::limit_malloc_arenas(2) {
         log::warn!("malloc arenas not bounded (mallopt refused M_ARENA_MAX)");
     }
+    match tcmu_sg::sys::raise_fd_limit() {
+        Ok(n) => log::debug!("open files: up to {n}"),
+        Err(e) => log::warn!("open files: cannot raise the limit ({e})"),
+    }
     if let Err(e) = tcmu_sg::sys::install_stop_handlers() {
         log::error!("signals: {e}");
         return ExitCode::from(2);

@@ -35,7 +35,7 @@ pub struct Log {
 pub struct Io {
     /// The most SG_IO threads of all devices together.
     pub max_threads: usize,
-    /// Microseconds a device's leader keeps checking the ring after work.
+    /// Microseconds a device's thread keeps checking the ring after work.
     pub poll_us: u64,
 }
 

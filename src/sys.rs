@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Reads exactly 4 bytes (uio event counters, eventfd values are 8).
 pub fn read_u32(fd: RawFd) -> io::Result<Option<u32>> {
@@ -77,6 +78,171 @@ impl EventFd {
     }
 }
 
+/// An eventfd in semaphore mode: each [`Semaphore::post`] lets one
+/// [`Semaphore::take`] succeed, and wakes one exclusive waiter.
+#[derive(Debug)]
+pub struct Semaphore(OwnedFd);
+
+impl Semaphore {
+    pub fn new() -> io::Result<Self> {
+        let flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE;
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Semaphore(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds one. One write per post: a write wakes one exclusive waiter
+    /// whatever the value written.
+    pub fn post(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64; the counter cannot come
+        // near its 2^64-1 bound (posts are matched by takes).
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Takes one if there is one (never blocks).
+    pub fn take(&self) -> bool {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        n == 8
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A periodic CLOCK_MONOTONIC timerfd (non-blocking).
+#[derive(Debug)]
+pub struct TimerFd(OwnedFd);
+
+impl TimerFd {
+    pub fn new() -> io::Result<Self> {
+        let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
+        // SAFETY: timerfd_create has no memory arguments; checked.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(TimerFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Fires first after `first`, then every `period`.
+    pub fn set(&self, first: Duration, period: Duration) -> io::Result<()> {
+        let ts = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        // A zero first expiry would disarm the timer.
+        let first = first.max(Duration::from_micros(1));
+        let spec = libc::itimerspec {
+            it_interval: ts(period),
+            it_value: ts(first),
+        };
+        // SAFETY: passes one live itimerspec; the old value is not asked for.
+        let rc =
+            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Consumes the expiries so far (the fd is readable until then).
+    pub fn drain(&self) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// An epoll set that several threads wait on at once. A thread sleeping
+/// in [`Epoll::wait`] waits exclusively: an event wakes one of them, the
+/// one that has waited longest.
+#[derive(Debug)]
+pub struct Epoll(OwnedFd);
+
+/// What [`Epoll::wait`] found: bit `token` set for each fd ready, and in
+/// `errors` for each fd reporting an error or hang-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub bits: u64,
+    pub errors: u64,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 has no memory arguments; checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds `fd` for input, reported as `token` (0..64). `edge`: each
+    /// wake-up of the fd is reported once, to one waiting thread, whether
+    /// or not the fd is read (`EPOLLET`); otherwise the fd is reported as
+    /// long as it is readable.
+    pub fn add(&self, fd: RawFd, token: u32, edge: bool) -> io::Result<()> {
+        assert!(token < 64);
+        let mut events = libc::EPOLLIN as u32;
+        if edge {
+            events |= libc::EPOLLET as u32;
+        }
+        let mut ev = libc::epoll_event {
+            events,
+            u64: u64::from(token),
+        };
+        // SAFETY: passes one live epoll_event; both fds are open.
+        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sleeps until an fd is ready or `timeout` passes (None: no bound).
+    /// Nothing ready after a timeout or a signal.
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<Ready> {
+        // Rounded up: a wait cut to 0 ms would spin.
+        let ms = timeout.map_or(-1, |t| {
+            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+        });
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        // SAFETY: evs has room for the 8 events we say it has.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), evs.as_mut_ptr(), 8, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(Ready::default())
+            } else {
+                Err(e)
+            };
+        }
+        let mut r = Ready::default();
+        for e in &evs[..n as usize] {
+            let bit = 1u64 << (e.u64 & 63);
+            r.bits |= bit;
+            if e.events & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                r.errors |= bit;
+            }
+        }
+        Ok(r)
+    }
+}
+
 /// Waits until one of `fds` is readable (or has an error) or `timeout_ms`
 /// passes. Returns the revents of each fd.
 pub fn poll_in(fds: &[RawFd], timeout_ms: i32, revents: &mut [i16]) -> io::Result<()> {
@@ -119,6 +285,11 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// [`monotonic_coarse_ns`] as a Duration (since an arbitrary start).
+pub fn coarse_now() -> Duration {
+    Duration::from_nanos(monotonic_coarse_ns())
+}
+
 /// Bounds glibc's malloc arenas at `n`. Each thread that allocates gets
 /// an arena of its own otherwise, up to eight per CPU, and a daemon whose
 /// crews start and retire threads as the load comes and goes spreads its
@@ -129,6 +300,29 @@ pub fn limit_malloc_arenas(n: i32) -> bool {
     // SAFETY: mallopt only changes allocator parameters; called at start,
     // before any thread of ours exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+}
+
+/// Raises the soft limit on open files to the hard one: each device holds
+/// six (uio, backing device, wake-up, timer, call, epoll set), so the
+/// usual soft limit of 1024 would stop a daemon at about 160 devices.
+/// Returns the limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the live value we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // SAFETY: setrlimit reads one live rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(rl.rlim_cur)
 }
 
 /// Voluntary context switches of the calling thread so far (it slept that

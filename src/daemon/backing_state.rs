@@ -214,8 +214,8 @@ impl BackingSlot {
 
     /// A command found `b` gone: unless it was replaced meanwhile, the
     /// device answers NOT READY and its path is opened again. Returns
-    /// whether it was marked lost now (the leader's poll timeout then
-    /// follows the back-off).
+    /// whether it was marked lost now (the chores' timer then follows
+    /// the back-off).
     pub fn lost(&self, b: &Arc<Backing>, why: &str, stats: &DeviceStats) -> bool {
         let mut st = self.state.lock().unwrap();
         if !matches!(&*st, BackingState::Up(cur) if Arc::ptr_eq(cur, b)) {

@@ -1,10 +1,10 @@
 //! One device as the threads of its crew share it: the ring, the backing
-//! device and the doorbell. The crew's leader reads the ring
-//! ([`Work::lead`]); any thread runs a command and completes it into the
+//! device and the doorbell. A thread the doorbell woke reads the ring
+//! ([`Work::look`]); any thread runs a command and completes it into the
 //! ring ([`Work::run`]).
 //!
-//! A command travels: uio event -> the leader reads the ring (`tcmu::ring`)
-//! -> a crew thread runs it (`passthrough`, `dma`, `sg::io`) -> the same
+//! A command travels: uio event -> one waiting thread wakes and reads the
+//! ring (`tcmu::ring`) -> it (or another for a second command) runs it (`passthrough`, `dma`, `sg::io`) -> the same
 //! thread writes the completion into the ring, publishes `cmd_tail` and
 //! rings the doorbell.
 
@@ -27,7 +27,7 @@ use crate::scsi::sense::{Outcome, SgResult};
 use crate::sg::io::{sg_io, SgScratch};
 use crate::stats::{DeviceStats, Record};
 use crate::status::DeviceReport;
-use crate::sys::{self, EventFd};
+use crate::sys::{self, EventFd, Ready, TimerFd};
 use crate::tcmu::ring::{CmdRequest, Completion, Entry, Ring};
 use crate::tcmu::uio::UioDevice;
 
@@ -80,6 +80,72 @@ impl IoCtx<'_> {
     }
 }
 
+/// Bits of [`Work::look`]'s `woke`: the order of [`Device::wake_fds`].
+const WOKE_DOORBELL: u64 = 1 << 0;
+const WOKE_WAKE: u64 = 1 << 1;
+const WOKE_TICK: u64 = 1 << 2;
+
+/// How often the chores are done while the ring is paused (a stop or a
+/// reconfiguration waiting for commands to finish).
+const PAUSED_TICK: Duration = Duration::from_millis(100);
+
+/// The shortest period of the chores' timer.
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// The timer that wakes one waiting thread of the crew for the chores.
+/// Its times are on the coarse clock (see `sys::coarse_now`): it is read
+/// at every look.
+struct Ticker {
+    fd: TimerFd,
+    /// The period, and when the timer fires next (about).
+    at: Mutex<(Duration, Duration)>,
+}
+
+impl Ticker {
+    fn new(period: Duration) -> std::io::Result<Ticker> {
+        let period = period.max(MIN_TICK);
+        let fd = TimerFd::new()?;
+        fd.set(period, period)?;
+        Ok(Ticker {
+            fd,
+            at: Mutex::new((period, sys::coarse_now() + period)),
+        })
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.fd()
+    }
+
+    /// Consumes the expiries so far.
+    fn drain(&self) {
+        self.fd.drain();
+        let mut at = self.at.lock().unwrap();
+        let (period, mut next) = *at;
+        let now = sys::coarse_now();
+        while next <= now {
+            next += period;
+        }
+        at.1 = next;
+    }
+
+    /// Fires every `period` from now on, and no later than `within` from
+    /// now; the timer is set only when that changes anything.
+    fn keep(&self, period: Duration, within: Option<Duration>, label: &str) {
+        let now = sys::coarse_now();
+        let period = period.max(MIN_TICK);
+        let first = within.map_or(period, |w| w.min(period));
+        let mut at = self.at.lock().unwrap();
+        if at.0 == period && at.1 <= now + first {
+            return;
+        }
+        if let Err(e) = self.fd.set(first, period) {
+            log::error!("{label}: timerfd_settime: {e}");
+            return;
+        }
+        *at = (period, now + first);
+    }
+}
+
 /// Per-thread buffers reused from command to command.
 #[derive(Default)]
 pub struct ThreadScratch {
@@ -113,16 +179,25 @@ pub struct Device {
     /// Coalesces the uio writes that tell the kernel about completions.
     doorbell: Doorbell,
     backing: BackingSlot,
-    /// Wakes the leader from its poll (stop, reconfiguration, quiet).
+    /// Wakes a waiting thread (stop, reconfiguration, quiet, lost).
     wake: EventFd,
+    /// Wakes a waiting thread when the chores are due.
+    ticker: Ticker,
+    /// Held by the thread doing the chores, and whether they are due.
+    chores: Mutex<()>,
+    chores_due: AtomicBool,
+    /// A thread spins on the ring (`poll_spin`).
+    spinning: AtomicBool,
     stop: AtomicBool,
+    /// The crew's end was said.
+    ended: AtomicBool,
     /// When a stop gives up on commands that do not finish.
     stop_deadline: Mutex<Option<Instant>>,
     /// No new ring entries are read while set (reconfiguration, stop).
     paused: AtomicBool,
     reconfig: Mutex<Option<String>>,
-    /// After work, the leader keeps checking the ring this long before it
-    /// sleeps in poll().
+    /// After work, a thread keeps checking the ring this long before it
+    /// sleeps.
     poll_spin: Duration,
     inline: InlineMeter,
     cpus: usize,
@@ -163,7 +238,12 @@ impl Device {
             doorbell: Doorbell::default(),
             backing,
             wake: EventFd::new()?,
+            ticker: Ticker::new(crate::expiry::MAX_SCAN_EVERY)?,
+            chores: Mutex::new(()),
+            chores_due: AtomicBool::new(true),
+            spinning: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             stop_deadline: Mutex::new(None),
             paused: AtomicBool::new(false),
             reconfig: Mutex::new(None),
@@ -225,7 +305,7 @@ impl Device {
         self.wake.wake();
     }
 
-    /// Asks the leader to reopen the backing device with `cfg` once no
+    /// Asks the crew to reopen the backing device with `cfg` once no
     /// command runs.
     pub fn request_reconfig(&self, cfg: String) {
         self.names.lock().unwrap().cfg = cfg.clone();
@@ -293,11 +373,13 @@ impl Device {
             return false;
         }
         let label = &self.label;
-        let now = Instant::now();
+        // A precise clock read costs a trap on some hosts: only for
+        // commands found.
+        let now = (!t.entries.is_empty()).then(Instant::now);
         for e in t.entries.drain(..) {
             match e {
                 Entry::Cmd(mut cmd) => {
-                    cmd.read_at = Some(now);
+                    cmd.read_at = now;
                     out.push(cmd);
                 }
                 Entry::BadCmd { cmd_id, why } => {
@@ -477,8 +559,53 @@ impl Device {
         );
     }
 
-    /// The leader's end: lets the kernel see whatever completed.
+    /// The device's chores, done by one looking thread at a time:
+    /// `cmd_time_out` again (once a second) and the log line of a stall
+    /// that has ended, a pending reconfiguration, a lost backing device
+    /// looked for when due; and the timer set to wake a thread when the
+    /// next of them is due.
+    fn chores(&self, crew: &Crew<Self>) {
+        let now = Stamp::now();
+        if let Some((old, new)) = self.guard.refresh(now) {
+            log::warn!(
+                "{}: cmd_time_out changed from {} s to {} s; commands the ring held \
+                 before now are refused",
+                self.label,
+                old.as_secs(),
+                new.as_secs()
+            );
+            self.log_timing();
+        }
+        self.guard.tick(now, false);
+        if self.reconfig.lock().unwrap().is_some() {
+            self.reconfigure(crew);
+        }
+        // Looked for when due, busy or not.
+        let reopen_in = match self.backing.reopen(&self.stats) {
+            Reopen::Up(cap) => {
+                // A unit that was never open has its own limits.
+                crew.set_cap(cap);
+                self.log_timing();
+                None
+            }
+            Reopen::Wait(d) => Some(d + Duration::from_millis(1)),
+            Reopen::Idle => None,
+        };
+        // An idle ring is looked at often enough that a command which
+        // arrives while the daemon runs is never taken for a stale one.
+        let mut period = self.timing_now().scan_every();
+        if self.paused.load(Ordering::SeqCst) {
+            period = period.min(PAUSED_TICK);
+        }
+        self.ticker.keep(period, reopen_in, &self.label);
+    }
+
+    /// The crew's end: lets the kernel see whatever completed (once,
+    /// whichever thread says it).
     fn end(&self) -> Lead {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return Lead::Exit;
+        }
         self.guard.tick(Stamp::now(), true);
         self.publish(&mut self.ring.lock().unwrap());
         self.kick();
@@ -494,89 +621,87 @@ impl Work for Device {
         &self.label
     }
 
-    /// Waits for the kernel's doorbell and reads the ring; carries out
-    /// stop and reconfiguration on the way.
-    fn lead(&self, crew: &Crew<Self>, out: &mut Vec<CmdRequest>, t: &mut ThreadScratch) -> Lead {
-        let spin_until = (!self.poll_spin.is_zero()).then(|| Instant::now() + self.poll_spin);
-        let mut revents = [0i16; 2];
-        loop {
+    /// The doorbell, the device's own wake-ups and its timer.
+    fn wake_fds(&self) -> Vec<std::os::fd::RawFd> {
+        vec![self.uio.fd(), self.wake.fd(), self.ticker.fd()]
+    }
+
+    /// Consumes what woke the thread, does the device's chores (stop,
+    /// reconfiguration, reopening a lost backing device, `cmd_time_out`)
+    /// if no other thread is doing them, and reads the ring.
+    fn look(
+        &self,
+        crew: &Crew<Self>,
+        woke: Ready,
+        out: &mut Vec<CmdRequest>,
+        t: &mut ThreadScratch,
+    ) -> Lead {
+        // The doorbell is edge-triggered: each event wakes a thread once,
+        // so it need not be read, and a command queued after the ring read
+        // below raises a new one. An error on it is the device going away.
+        if woke.errors & WOKE_DOORBELL != 0 {
+            let e = match sys::read_u32(self.uio.fd()) {
+                Err(e) => e.to_string(),
+                Ok(_) => "poll error".to_string(),
+            };
+            log::info!("{}: uio device went away ({e})", self.label);
+            return self.end();
+        }
+        let woke = woke.bits;
+        if woke & WOKE_WAKE != 0 {
+            self.wake.drain();
+        }
+        if woke & WOKE_TICK != 0 {
+            self.ticker.drain();
+        }
+        // The chores are due when the timer or a wake-up says so (or a
+        // thread looks on its own): a doorbell alone brings commands.
+        if woke & (WOKE_WAKE | WOKE_TICK) != 0 || woke == 0 {
+            self.chores_due.store(true, Ordering::SeqCst);
+        }
+        // One thread at a time does them; one that finds them taken leaves
+        // them due, and the thread doing them looks again after.
+        while self.chores_due.load(Ordering::SeqCst) {
+            let Ok(chores) = self.chores.try_lock() else {
+                break;
+            };
+            if !self.chores_due.swap(false, Ordering::SeqCst) {
+                break;
+            }
             if self.stop.load(Ordering::SeqCst) && self.may_end() {
                 return self.end();
             }
-            // cmd_time_out again (once a second) before the ring is read,
-            // and the log line of a stall that has ended.
-            let now = Stamp::now();
-            if let Some((old, new)) = self.guard.refresh(now) {
-                log::warn!(
-                    "{}: cmd_time_out changed from {} s to {} s; commands the ring held \
-                     before now are refused",
-                    self.label,
-                    old.as_secs(),
-                    new.as_secs()
-                );
-                self.log_timing();
+            self.chores(crew);
+            drop(chores);
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            return Lead::Read;
+        }
+        if !self.read_ring(out, t) {
+            return self.end();
+        }
+        if out.is_empty()
+            && !self.poll_spin.is_zero()
+            && !self.spinning.swap(true, Ordering::SeqCst)
+        {
+            // Busy after recent work: check the ring a while without
+            // sleeping (one thread of the crew at a time).
+            let until = Instant::now() + self.poll_spin;
+            while Instant::now() < until && !self.ring.lock().unwrap().has_new() {
+                std::hint::spin_loop();
             }
-            self.guard.tick(now, false);
-            if self.reconfig.lock().unwrap().is_some() {
-                self.reconfigure(crew);
-            }
-            // A lost backing device is looked for again when due, busy or
-            // not (under load the leader rarely reaches its poll).
-            let reopen_in = match self.backing.reopen(&self.stats) {
-                Reopen::Up(cap) => {
-                    // A unit that was never open has its own limits.
-                    crew.set_cap(cap);
-                    self.log_timing();
-                    None
-                }
-                Reopen::Wait(d) => Some(d),
-                Reopen::Idle => None,
-            };
-            if revents[0] != 0 {
-                // Consume the event before reading the ring: a command
-                // queued after the read raises a new one.
-                if let Err(e) = sys::read_u32(self.uio.fd()) {
-                    log::info!("{}: uio device went away ({e})", self.label);
-                    return self.end();
-                }
-            }
-            if revents[1] != 0 {
-                self.wake.drain();
-            }
-            if !self.paused.load(Ordering::SeqCst) {
-                if !self.read_ring(out, t) {
-                    return self.end();
-                }
-                if !out.is_empty() {
-                    return Lead::Items;
-                }
-            }
-            if let Some(u) = spin_until.filter(|u| Instant::now() < *u) {
-                // Busy after recent work: check the ring without sleeping.
-                revents = [0; 2];
-                while Instant::now() < u && !self.ring.lock().unwrap().has_new() {
-                    std::hint::spin_loop();
-                }
-                if !self.paused.load(Ordering::SeqCst) {
-                    continue;
-                }
-            }
-            let mut tmo = if self.paused.load(Ordering::SeqCst) {
-                100
-            } else {
-                1000
-            };
-            if let Some(next) = reopen_in {
-                tmo = tmo.min(next.as_millis() as i32 + 1);
-            }
-            // An idle ring is looked at often enough that a command which
-            // arrives while the daemon runs is never taken for a stale one.
-            tmo = tmo.min(self.timing_now().scan_every().as_millis() as i32);
-            if let Err(e) = sys::poll_in(&[self.uio.fd(), self.wake.fd()], tmo, &mut revents) {
-                log::error!("{}: poll: {e}", self.label);
+            self.spinning.store(false, Ordering::SeqCst);
+            if !self.paused.load(Ordering::SeqCst) && !self.read_ring(out, t) {
                 return self.end();
             }
         }
+        Lead::Read
+    }
+
+    /// With `--poll-us`, a thread that ran a command looks again before it
+    /// sleeps.
+    fn look_after_run(&self) -> bool {
+        !self.poll_spin.is_zero()
     }
 
     /// Runs one command on the current backing device and completes it.
@@ -608,7 +733,7 @@ impl Work for Device {
                 passthrough::adjust_response(&cmd, &b.info.params, &o, &self.uio.map);
                 if let Some(why) = ctx.gone {
                     if self.backing.lost(&b, why, &self.stats) {
-                        // The leader's poll timeout follows the back-off.
+                        // The chores' timer follows the back-off.
                         self.wake.wake();
                     }
                 }
@@ -669,8 +794,8 @@ impl Work for Device {
         }
     }
 
-    /// The last running command finished: a paused leader may be waiting
-    /// for exactly that.
+    /// The last running command finished: a stop or reconfiguration may
+    /// be waiting for exactly that.
     fn quiet(&self) {
         if self.paused.load(Ordering::SeqCst) {
             self.wake.wake();

@@ -1,50 +1,82 @@
-//! Leader/followers dispatch: the threads of one device (its *crew*).
+//! The threads of one device (its *crew*) and how they share its work.
 //!
 //! SG_IO on a block node is synchronous (that is what makes it zero-copy),
 //! so every command in flight at the backing device needs a thread blocked
-//! in the ioctl. One thread of a crew at a time is the *leader*: it waits
-//! for the kernel's doorbell and reads the ring ([`Work::lead`]). When it
-//! finds commands it gives up the lead, takes one command and runs it
-//! itself, so a lone command costs no thread hop; an idle follower is woken
-//! (or a thread started) to lead next and one more for every further
-//! command it found. A thread that finishes a command takes the next
-//! waiting one, else the lead if nobody holds it, else it parks; parked
-//! followers retire after [`Crew::IDLE_RETIRE`]. A deep queue gets one
-//! thread per command, up to the crew's cap (the backing device's queue
-//! depth), and one thread more leads while all of them are busy: the ring
-//! is read whenever the kernel rings, so the age of a command that waits
-//! for a free thread is measured from a recent read (see `crate::expiry`),
-//! and a crew that is merely busy is never taken for a stalled one.
+//! in the ioctl. Up to [`WATCHERS`] (two) idle threads *watch* the ring:
+//! they wait in the crew's epoll set, which holds the work's wake-up fds
+//! (the kernel's doorbell, the work's timer and wake-ups, edge-triggered)
+//! and the crew's call (a semaphore). Threads wait in one epoll set
+//! exclusively, so an event wakes one of them, not both. The woken thread
+//! *looks* ([`Work::look`]: reads the ring) and runs the first command it
+//! found itself; commands beyond the first wake parked threads or start
+//! new ones. Idle threads beyond the watchers
+//! park. A thread that finishes a command takes the next one read and not
+//! started, else watches if fewer than two do, else parks.
+//!
+//! So a command that finds a watcher asleep costs two sleeps (the wait for
+//! the doorbell and the SG_IO): the other watcher goes on watching, and no
+//! thread is woken to take over, where a single leader passing the lead on
+//! wakes one per command. While both watchers are busy, a doorbell wakes
+//! nobody (the initiator rings it in its own context, and pays for the
+//! wake-up), and its command is found by the next read.
+//!
+//! A deep queue gets one thread per command, up to the crew's cap (the
+//! backing device's queue depth), and one thread more waits while all of
+//! them are busy: the ring is read whenever the kernel rings, so the age of
+//! a command that waits for a free thread is measured from a recent read
+//! (see `crate::expiry`), and a crew that is merely busy is never taken for
+//! a stalled one. Threads that have run nothing for [`Crew::IDLE_RETIRE`]
+//! retire, as long as another one watches.
 //!
 //! All crews draw their threads from one daemon-wide [`Budget`]. A crew's
 //! first thread is outside the bound, so every device can always serve at
 //! least one command at a time whatever the others do.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// What the leader reports.
+use crate::sys::{coarse_now, Epoll, Ready, Semaphore};
+
+/// What a look found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lead {
-    /// New items were pushed.
-    Items,
+    /// Whatever it read is in `out` (perhaps nothing).
+    Read,
     /// The crew is to end (after the items already queued have run).
     Exit,
 }
 
-/// The work of one crew: how its leader waits for items and how an item
-/// runs.
+/// The work of one crew: what wakes a waiting thread, what a woken thread
+/// does and how an item runs.
 pub trait Work: Send + Sync + Sized + 'static {
     type Item: Send + 'static;
     /// Per-thread buffers, reused from item to item.
     type Scratch: Default;
-    /// Runs on the leader only (one thread at a time): waits until there
-    /// are items and appends them to `out`, or says the crew is to end.
-    fn lead(&self, crew: &Crew<Self>, out: &mut Vec<Self::Item>, s: &mut Self::Scratch) -> Lead;
+    /// The fds (at most 32) whose input wakes a waiting thread, the
+    /// doorbell first. They are edge-triggered: each wake-up of one of
+    /// them wakes one waiting thread, whether or not it is read.
+    fn wake_fds(&self) -> Vec<RawFd>;
+    /// Called by a thread that woke (bit i of `woke` set when
+    /// `wake_fds()[i]` woke it; nothing after a timeout); several threads
+    /// may look at once. Does what woke it asks, appends new items to
+    /// `out`, or says the crew is to end.
+    fn look(
+        &self,
+        crew: &Crew<Self>,
+        woke: Ready,
+        out: &mut Vec<Self::Item>,
+        s: &mut Self::Scratch,
+    ) -> Lead;
     fn run(&self, item: Self::Item, s: &mut Self::Scratch);
+    /// Whether a thread that ran an item and finds none to start looks
+    /// (with `woke` 0) before it sleeps.
+    fn look_after_run(&self) -> bool {
+        false
+    }
     /// Called when the last running item of a busy spell finished (no
     /// lock held).
     fn quiet(&self) {}
@@ -59,6 +91,17 @@ pub trait Work: Send + Sync + Sized + 'static {
     /// For logs.
     fn label(&self) -> &str;
 }
+
+/// How many idle threads wait on the ring at once; the others park. Two:
+/// when one takes a command the other still watches, so no thread is woken
+/// to take over; and while both are busy reading, further doorbells wake
+/// nobody (their commands are found by the next read), so a deep queue's
+/// doorbells cost the initiator, in whose context they ring, no wake-up.
+const WATCHERS: usize = 2;
+
+/// The token of the crew's call in a thread's epoll set (the work's fds
+/// are 0..32).
+const CALL: u32 = 63;
 
 /// How long the thread limit must stay slack before a binding episode is
 /// over and said to be: a limit that binds on and off under a steady load
@@ -210,12 +253,17 @@ impl Budget {
 struct State<I> {
     /// Items read and not started.
     queue: VecDeque<I>,
-    /// A thread holds the lead (or is about to take it up).
-    leader: bool,
     threads: usize,
-    /// Parked followers, the most recently parked last.
+    /// Threads in (or on their way into) the epoll wait: they watch the
+    /// ring, at most [`WATCHERS`] of them.
+    waiting: usize,
+    /// Parked threads (beyond the watchers), the most recently parked
+    /// last.
     idle: Vec<Thread>,
-    /// Threads woken or started that have not yet looked for work.
+    /// Calls posted and not yet taken: waiting threads on their way to
+    /// the queue.
+    called: usize,
+    /// Threads started that have not yet looked for work.
     coming: usize,
     running: usize,
     peak_running: usize,
@@ -225,12 +273,16 @@ struct State<I> {
 }
 
 /// The threads of one device. Start it with [`Crew::start`]. At most `cap`
-/// items run at once: a thread takes an item or the lead only below it.
+/// items run at once: a thread takes an item only below it.
 pub struct Crew<W: Work> {
     work: W,
     state: Mutex<State<W::Item>>,
     /// Signalled when the last thread has left.
     gone: Condvar,
+    /// What waiting threads wait on.
+    epoll: Epoll,
+    /// Calls a waiting thread to the queue (one post, one thread).
+    call: Semaphore,
     cap: AtomicUsize,
     budget: Arc<Budget>,
     idle_retire: Duration,
@@ -244,8 +296,8 @@ const STACK: usize = 256 << 10;
 impl<W: Work> Crew<W> {
     pub const IDLE_RETIRE: Duration = Duration::from_secs(10);
 
-    /// Starts the crew with one thread, which takes up the lead. `name`
-    /// names its threads (cut to 15 bytes).
+    /// Starts the crew with one thread, which waits. `name` names its
+    /// threads (cut to 15 bytes).
     pub fn start(
         name: &str,
         work: W,
@@ -266,13 +318,23 @@ impl<W: Work> Crew<W> {
         while name.len() > 15 {
             name.pop();
         }
+        let epoll = Epoll::new()?;
+        for (i, fd) in work.wake_fds().into_iter().enumerate() {
+            assert!(i < 32, "at most 32 wake-up fds");
+            epoll.add(fd, i as u32, true)?;
+        }
+        // Level-triggered: a post that finds no thread asleep is taken by
+        // the next to wait, and each post wakes one more thread.
+        let call = Semaphore::new()?;
+        epoll.add(call.fd(), CALL, false)?;
         let crew = Arc::new(Crew {
             work,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                leader: false,
                 threads: 1,
+                waiting: 0,
                 idle: Vec::new(),
+                called: 0,
                 coming: 1,
                 running: 0,
                 peak_running: 0,
@@ -280,13 +342,15 @@ impl<W: Work> Crew<W> {
                 held_back: false,
             }),
             gone: Condvar::new(),
+            epoll,
+            call,
             cap: AtomicUsize::new(cap.max(1)),
             budget,
             idle_retire,
             name,
         });
         crew.budget.take_first();
-        if let Err(e) = crew.spawn() {
+        if let Err(e) = crew.spawn(true) {
             crew.budget.give_back();
             return Err(e);
         }
@@ -358,33 +422,43 @@ impl<W: Work> Crew<W> {
         self.state.lock().unwrap()
     }
 
-    fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+    fn spawn(self: &Arc<Self>, first: bool) -> std::io::Result<()> {
         let me = self.clone();
         std::thread::Builder::new()
             .name(self.name.clone())
             .stack_size(STACK)
-            .spawn(move || me.thread_main())
+            .spawn(move || me.thread_main(first))
             .map(|_| ())
     }
 
-    /// Makes sure a thread is on its way for every waiting item and for
-    /// the lead if nobody holds it: parked followers first (the most
-    /// recently parked, whose caches are warm), then new threads up to the
-    /// cap and the budget.
+    /// Makes sure a thread is on its way for every item that may start,
+    /// and that one thread waits beyond them: waiting threads are called
+    /// first, then new threads are started up to the cap and the budget.
     fn arrange(self: &Arc<Self>, st: &mut State<W::Item>) {
         // Items beyond the cap (or the work's limit for the first of them)
-        // wait for a running one to finish; the lead is always wanted.
+        // wait for a running one to finish; a waiting thread is always
+        // wanted.
         let free = self.cap_for(st.queue.front()).saturating_sub(st.running);
-        let lead = !st.leader && !st.exit;
-        let want = st.queue.len().min(free) + usize::from(lead);
-        let mut need = want.saturating_sub(st.coming);
+        let startable = st.queue.len().min(free);
+        // Waiting threads not already called away watch the ring.
+        let watchers = st.waiting.saturating_sub(st.called);
+        let watch = usize::from(!st.exit && watchers == 0);
+        let mut need = (startable + watch).saturating_sub(st.coming + st.called);
+        // Parked threads first, the most recently parked (warm) first.
         while need > 0 {
             let Some(t) = st.idle.pop() else { break };
             st.coming += 1;
             t.unpark();
             need -= 1;
         }
-        // The cap's threads and the leader.
+        // Then waiting threads beyond the one that keeps watching.
+        let call = need.min(watchers.saturating_sub(1));
+        for _ in 0..call {
+            self.call.post();
+        }
+        st.called += call;
+        need -= call;
+        // The cap's threads and the one that waits.
         while need > 0 && st.threads < self.cap() + 1 {
             if !self.budget.try_take() {
                 if !st.held_back {
@@ -401,7 +475,7 @@ impl<W: Work> Crew<W> {
                 }
                 return;
             }
-            if let Err(e) = self.spawn() {
+            if let Err(e) = self.spawn(false) {
                 self.budget.give_back();
                 log::error!("{}: cannot start a thread: {e}", self.work.label());
                 return;
@@ -420,11 +494,54 @@ impl<W: Work> Crew<W> {
         }
     }
 
-    fn thread_main(self: Arc<Self>) {
+    /// Calls every waiting and parked thread (at exit).
+    fn call_all(&self, st: &mut State<W::Item>) {
+        let call = st.waiting.saturating_sub(st.called);
+        for _ in 0..call {
+            self.call.post();
+        }
+        st.called += call;
+        while let Some(t) = st.idle.pop() {
+            st.coming += 1;
+            t.unpark();
+        }
+    }
+
+    /// Looks (see [`Work::look`]) and queues what was found; at exit
+    /// calls every waiting thread. Returns with the lock held.
+    fn look(
+        self: &Arc<Self>,
+        woke: Ready,
+        found: &mut Vec<W::Item>,
+        s: &mut W::Scratch,
+    ) -> MutexGuard<'_, State<W::Item>> {
+        let r = self.work.look(self, woke, found, s);
+        let mut st = self.lock();
+        st.queue.extend(found.drain(..));
+        if r == Lead::Exit {
+            st.exit = true;
+            self.call_all(&mut st);
+        }
+        st
+    }
+
+    fn thread_main(self: Arc<Self>, first: bool) {
         let mut s = W::Scratch::default();
         let mut found: Vec<W::Item> = Vec::new();
-        let mut st = self.lock();
+        // The first thread looks before it waits: the ring may hold
+        // commands from before the crew started, which ring no doorbell
+        // of this crew's.
+        let mut st = if first {
+            self.look(Ready::default(), &mut found, &mut s)
+        } else {
+            self.lock()
+        };
         st.coming -= 1;
+        // When this thread last ran an item (or started), on the coarse
+        // clock: a precise read costs a trap to the clock device on some
+        // hosts (an emulated HPET), and this is read around every wait.
+        let mut busy_at = coarse_now();
+        let mut ran = false;
         'work: loop {
             let startable = st
                 .queue
@@ -437,6 +554,8 @@ impl<W: Work> Crew<W> {
                 self.arrange(&mut st);
                 drop(st);
                 self.work.run(item, &mut s);
+                busy_at = coarse_now();
+                ran = true;
                 st = self.lock();
                 st.running -= 1;
                 if st.running == 0 {
@@ -450,41 +569,77 @@ impl<W: Work> Crew<W> {
                 // Items still queued are run by the threads now running.
                 break;
             }
-            if !st.leader {
-                st.leader = true;
+            if std::mem::take(&mut ran) && self.work.look_after_run() {
                 drop(st);
-                let r = self.work.lead(&self, &mut found, &mut s);
-                st = self.lock();
-                st.leader = false;
-                st.queue.extend(found.drain(..));
-                if r == Lead::Exit {
-                    st.exit = true;
-                    while let Some(t) = st.idle.pop() {
-                        st.coming += 1;
-                        t.unpark();
-                    }
-                }
+                st = self.look(Ready::default(), &mut found, &mut s);
                 continue;
             }
-            // A follower: park until claimed (taken off `idle` by
-            // `arrange` or at exit) or retired.
-            let me = std::thread::current();
-            st.idle.push(me.clone());
-            let since = Instant::now();
-            loop {
-                let left = self.idle_retire.saturating_sub(since.elapsed());
-                drop(st);
-                std::thread::park_timeout(left);
-                st = self.lock();
-                let Some(i) = st.idle.iter().position(|t| t.id() == me.id()) else {
-                    st.coming -= 1;
-                    continue 'work;
-                };
-                if since.elapsed() >= self.idle_retire {
-                    st.idle.remove(i);
-                    break 'work;
+            if st.waiting.saturating_sub(st.called) >= WATCHERS {
+                // Enough threads watch the ring: park until called (taken
+                // off `idle` by `arrange` or at exit) or retired.
+                let me = std::thread::current();
+                st.idle.push(me.clone());
+                let since = coarse_now();
+                loop {
+                    let left = self
+                        .idle_retire
+                        .saturating_sub(coarse_now().saturating_sub(since));
+                    drop(st);
+                    std::thread::park_timeout(left);
+                    st = self.lock();
+                    let Some(i) = st.idle.iter().position(|t| t.id() == me.id()) else {
+                        st.coming -= 1;
+                        continue 'work;
+                    };
+                    if coarse_now().saturating_sub(since) >= self.idle_retire {
+                        st.idle.remove(i);
+                        break 'work;
+                    }
                 }
             }
+            // Wait for the doorbell, the work's own wake-ups or a call.
+            st.waiting += 1;
+            drop(st);
+            let left = self
+                .idle_retire
+                .saturating_sub(coarse_now().saturating_sub(busy_at));
+            let woke = match self.epoll.wait(Some(left)) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::error!("{}: epoll_wait: {e}", self.work.label());
+                    std::thread::sleep(Duration::from_millis(100));
+                    Ready::default()
+                }
+            };
+            let took_call = woke.bits & (1 << CALL) != 0 && self.call.take();
+            st = self.lock();
+            st.waiting -= 1;
+            if took_call {
+                st.called = st.called.saturating_sub(1);
+            }
+            let work = Ready {
+                bits: woke.bits & !(1 << CALL),
+                errors: woke.errors & !(1 << CALL),
+            };
+            if work.bits == 0 {
+                if woke.bits != 0 {
+                    // A call: the item is taken at the top (or was taken
+                    // by another thread).
+                    continue;
+                }
+                if coarse_now().saturating_sub(busy_at) >= self.idle_retire {
+                    // Idle for long: retire, unless no other thread would
+                    // be left waiting.
+                    if st.waiting > st.called {
+                        break 'work;
+                    }
+                    busy_at = coarse_now();
+                }
+            }
+            // The work's fds are edge-triggered: what woke this thread is
+            // reported to no other, so it looks whatever else it has to do.
+            drop(st);
+            st = self.look(work, &mut found, &mut s);
         }
         st.threads -= 1;
         self.budget.give_back();
@@ -502,46 +657,73 @@ impl<W: Work> Crew<W> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
-    use std::sync::mpsc;
 
-    /// A fake device: items arrive on a channel (the "ring"); running an
-    /// item sleeps `service` (a backing device that takes time to answer)
-    /// and records how many ran at once.
+    /// A fake ring: items pushed, a doorbell rung for each (the kernel's
+    /// way); dropping the sender closes it.
+    struct Chan {
+        ring: Mutex<VecDeque<u32>>,
+        closed: AtomicBool,
+        bell: crate::sys::EventFd,
+    }
+
+    struct Tx(Arc<Chan>);
+
+    impl Tx {
+        fn send(&self, v: u32) -> Result<(), ()> {
+            self.0.ring.lock().unwrap().push_back(v);
+            self.0.bell.wake();
+            Ok(())
+        }
+    }
+
+    impl Drop for Tx {
+        fn drop(&mut self) {
+            self.0.closed.store(true, Ordering::SeqCst);
+            self.0.bell.wake();
+        }
+    }
+
+    /// A fake device: items arrive on the fake ring; running an item
+    /// sleeps `service` (a backing device that takes time to answer) and
+    /// records how many ran at once.
     struct Fake {
-        rx: Mutex<mpsc::Receiver<u32>>,
+        chan: Arc<Chan>,
         service: Duration,
         now: AtomicUsize,
         peak: AtomicUsize,
         done: AtomicUsize,
         stop: AtomicBool,
-        leads: AtomicUsize,
-        /// Items the leader has read.
+        looks: AtomicUsize,
+        /// Items read from the ring.
         read: AtomicUsize,
         /// Limit items below 100 to one at a time, the others to two.
         per_item: AtomicBool,
     }
 
+    impl Fake {
+        fn stop(&self) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.chan.bell.wake();
+        }
+    }
+
     impl Work for Fake {
         type Item = u32;
         type Scratch = ();
-        fn lead(&self, _: &Crew<Self>, out: &mut Vec<u32>, _: &mut ()) -> Lead {
-            self.leads.fetch_add(1, Ordering::SeqCst);
-            let rx = self.rx.lock().unwrap();
-            loop {
-                if self.stop.load(Ordering::SeqCst) {
-                    return Lead::Exit;
-                }
-                match rx.recv_timeout(Duration::from_millis(5)) {
-                    Ok(v) => {
-                        out.push(v);
-                        out.extend(rx.try_iter());
-                        self.read.fetch_add(out.len(), Ordering::SeqCst);
-                        return Lead::Items;
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return Lead::Exit,
-                }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            vec![self.chan.bell.fd()]
+        }
+        fn look(&self, _: &Crew<Self>, woke: Ready, out: &mut Vec<u32>, _: &mut ()) -> Lead {
+            self.looks.fetch_add(1, Ordering::SeqCst);
+            if woke.bits & 1 != 0 {
+                self.chan.bell.drain();
             }
+            out.extend(self.chan.ring.lock().unwrap().drain(..));
+            self.read.fetch_add(out.len(), Ordering::SeqCst);
+            if self.stop.load(Ordering::SeqCst) || self.chan.closed.load(Ordering::SeqCst) {
+                return Lead::Exit;
+            }
+            Lead::Read
         }
         fn run(&self, _: u32, _: &mut ()) {
             let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
@@ -562,21 +744,25 @@ mod tests {
         }
     }
 
-    fn fake(service: Duration) -> (Fake, mpsc::Sender<u32>) {
-        let (tx, rx) = mpsc::channel();
+    fn fake(service: Duration) -> (Fake, Tx) {
+        let chan = Arc::new(Chan {
+            ring: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
+            bell: crate::sys::EventFd::new().unwrap(),
+        });
         (
             Fake {
-                rx: Mutex::new(rx),
+                chan: chan.clone(),
                 service,
                 now: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
                 done: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
-                leads: AtomicUsize::new(0),
+                looks: AtomicUsize::new(0),
                 read: AtomicUsize::new(0),
                 per_item: AtomicBool::new(false),
             },
-            tx,
+            Tx(chan),
         )
     }
 
@@ -611,7 +797,7 @@ mod tests {
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 16);
         // The cap's threads and one that leads.
         assert!(crew.threads() <= 17, "{} threads", crew.threads());
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 
@@ -639,12 +825,12 @@ mod tests {
         wait_until("5 done", || crew.work().done.load(Ordering::SeqCst) == 5);
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 2);
         assert!(crew.threads() <= 3, "{} threads", crew.threads());
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 
-    /// A lone item runs on the thread that read it: the lead passes to
-    /// another thread, the item does not.
+    /// A lone item runs on the thread that read it, and one more thread
+    /// waits meanwhile.
     #[test]
     fn items_one_at_a_time_keep_two_threads() {
         let (w, tx) = fake(Duration::from_millis(1));
@@ -657,7 +843,73 @@ mod tests {
         }
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 1);
         assert!(crew.threads() <= 2, "{} threads", crew.threads());
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
+        assert!(crew.wait_gone(Duration::from_secs(5)));
+    }
+
+    /// Voluntary context switches of this process's threads named
+    /// `name` (each sleep is one).
+    fn sleeps_of(name: &str) -> u64 {
+        let mut n = 0;
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            n += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        n
+    }
+
+    /// With many threads waiting, one doorbell wakes one of them, which
+    /// runs the item itself: two sleeps per item (the wait and the
+    /// item's), not one per waiting thread, and no thread hands work to
+    /// another.
+    #[test]
+    fn one_doorbell_wakes_one_waiting_thread() {
+        let (w, tx) = fake(Duration::from_millis(20));
+        let crew = Crew::start("herd", w, 8, Budget::new(64)).unwrap();
+        for i in 0..8 {
+            tx.send(i).unwrap();
+        }
+        wait_until("8 done", || crew.work().done.load(Ordering::SeqCst) == 8);
+        std::thread::sleep(Duration::from_millis(50));
+        let threads = crew.threads();
+        assert!(threads >= 8, "{threads} threads");
+        let before = sleeps_of("herd");
+        for i in 0..40 {
+            tx.send(i).unwrap();
+            wait_until("done", || {
+                crew.work().done.load(Ordering::SeqCst) == 9 + i as usize
+            });
+        }
+        // Let the last thread reach its wait.
+        std::thread::sleep(Duration::from_millis(20));
+        let per_item = (sleeps_of("herd") - before) as f64 / 40.0;
+        assert!(
+            per_item < 3.0,
+            "{per_item:.1} sleeps per item with {threads} threads"
+        );
+        assert_eq!(crew.threads(), threads, "no thread started or retired");
+        assert_eq!(crew.peak_running(), 8);
+        crew.work().stop();
+        assert!(crew.wait_gone(Duration::from_secs(5)));
+    }
+
+    /// Items already in the ring when the crew starts (a restarted
+    /// daemon's) are read though no doorbell rings for them.
+    #[test]
+    fn the_first_thread_reads_what_the_ring_held_at_start() {
+        let (w, tx) = fake(Duration::from_millis(1));
+        w.chan.ring.lock().unwrap().extend([1, 2, 3]);
+        let crew = Crew::start("t", w, 4, Budget::new(64)).unwrap();
+        wait_until("3 done", || crew.work().done.load(Ordering::SeqCst) == 3);
+        drop(tx);
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 
@@ -721,8 +973,8 @@ mod tests {
         wait_until("slow done", || {
             slow.work().done.load(Ordering::SeqCst) == 20
         });
-        slow.work().stop.store(true, Ordering::SeqCst);
-        fast.work().stop.store(true, Ordering::SeqCst);
+        slow.work().stop();
+        fast.work().stop();
         assert!(slow.wait_gone(Duration::from_secs(5)));
         assert!(fast.wait_gone(Duration::from_secs(5)));
         assert_eq!(budget.used(), 0);
@@ -747,7 +999,7 @@ mod tests {
         }
         wait_until("32 done", || crew.work().done.load(Ordering::SeqCst) == 32);
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 4);
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 
@@ -783,13 +1035,13 @@ mod tests {
         }
         wait_until("48 done", || crew.work().done.load(Ordering::SeqCst) == 48);
         assert_eq!(crew.work().peak.load(Ordering::SeqCst), 16);
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 
-    /// Followers retire when idle; the leader stays.
+    /// Idle threads retire; the last one waiting stays.
     #[test]
-    fn idle_followers_retire() {
+    fn idle_threads_retire() {
         let (w, tx) = fake(Duration::from_millis(100));
         let crew =
             Crew::start_with("t", w, 8, Budget::new(64), Duration::from_millis(200)).unwrap();
@@ -802,11 +1054,11 @@ mod tests {
         // And it still serves.
         tx.send(9).unwrap();
         wait_until("9 done", || crew.work().done.load(Ordering::SeqCst) == 9);
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 
-    /// Items queued when the leader says Exit still run before the crew
+    /// Items queued when a look says Exit still run before the crew
     /// ends.
     #[test]
     fn exit_runs_what_was_read() {
@@ -830,7 +1082,7 @@ mod tests {
         assert_eq!(crew.quiesced(|| 7), None);
         wait_until("done", || crew.work().done.load(Ordering::SeqCst) == 1);
         wait_until("quiet", || crew.quiesced(|| ()).is_some());
-        crew.work().stop.store(true, Ordering::SeqCst);
+        crew.work().stop();
         assert!(crew.wait_gone(Duration::from_secs(5)));
     }
 }

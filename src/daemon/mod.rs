@@ -32,8 +32,8 @@ pub struct Options {
     pub rescan: Duration,
     /// Serve targetcli on the D-Bus system bus.
     pub dbus: bool,
-    /// After serving commands, a device's leader keeps checking the ring
-    /// for this long before it sleeps in poll(): trades CPU for the
+    /// After serving commands, a device's thread keeps checking the ring
+    /// for this long before it sleeps: trades CPU for the
     /// wake-up latency of the next command. 0 disables it.
     pub poll_spin: Duration,
     /// Complete in ring order even where out-of-order is offered.
