@@ -39,6 +39,9 @@ OUT=/vm-out/levers.jsonl
 
 JOBS=("randread 4k 1" "randwrite 4k 16" "randwrite 4k 64" "read 1M 4" "write 1M 4")
 prep() { echo 1024 > /sys/block/${1#/dev/}/queue/max_sectors_kb 2>/dev/null || true; }
+# The daemon's context switches so far (threads alive now; one that
+# retired during a job takes its count with it).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s += $2} END {print s + 0}'; }
 # measure LABEL LUN PID|- [FIO CPU]
 measure() {
     local label=$1 lun=$2 pid=$3 cpu=${4:-} pin=()
@@ -46,16 +49,16 @@ measure() {
     prep "$lun"
     for j in "${JOBS[@]}"; do
         set -- $j
-        local c0=0 c1=0
-        [ "$pid" != - ] && c0=$(awk '{print $14+$15}' /proc/$pid/stat)
+        local c0=0 c1=0 s0=0 s1=0
+        [ "$pid" != - ] && c0=$(awk '{print $14+$15}' /proc/$pid/stat) && s0=$(switches "$pid")
         local r
         r=$("${pin[@]}" fio --name=l --filename="$lun" --rw="$1" --bs="$2" --iodepth="$3" \
             --ioengine=libaio --direct=1 --runtime="$RUNTIME" --time_based --size=256M \
             --output-format=terse | awk -F';' -v rw="$1" '{ if (rw ~ /read/) print $8, $40; else print $49, $81 }')
-        [ "$pid" != - ] && c1=$(awk '{print $14+$15}' /proc/$pid/stat)
+        [ "$pid" != - ] && c1=$(awk '{print $14+$15}' /proc/$pid/stat) && s1=$(switches "$pid")
         set -- $j $r
-        printf '{"config":"%s","job":"%s %s QD%s","iops":%s,"lat_us":%s,"cpu_ticks":%s}\n' \
-            "$label" "$1" "$2" "$3" "$4" "$5" "$((c1 - c0))" | tee -a $OUT
+        printf '{"config":"%s","job":"%s %s QD%s","iops":%s,"lat_us":%s,"cpu_ticks":%s,"switches":%s,"seconds":%s}\n' \
+            "$label" "$1" "$2" "$3" "$4" "$5" "$((c1 - c0))" "$((s1 - s0))" "$RUNTIME" | tee -a $OUT
     done
 }
 # with_sg LABEL BINARY "DAEMON ARGS" "EXPORT ARGS" [DAEMON CPU] [FIO CPU]

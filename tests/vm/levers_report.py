@@ -34,6 +34,21 @@ for c in configs:
     print(f"| {c} | " + " | ".join(cells) + " |")
 print("\nIOPS, means over a configuration's runs (tcmu-sg / pscsi in bold); pscsi runs:",
       ", ".join(f"{j} {' / '.join(str(round(r['iops'])) for r in by[('pscsi', j)])}" for j in jobs))
+def per_cmd(c, j, key, scale):
+    rs = [r for r in by[(c, j)] if key in r and r["iops"]]
+    if not rs:
+        return "-"
+    return f"{sum(r[key] * scale / (r['iops'] * r.get('seconds', 3)) for r in rs) / len(rs):.2f}"
+
+
+print("\ndaemon context switches per command:")
+for c in configs:
+    if not c.startswith("pscsi"):
+        print(f"  {c}: " + ", ".join(per_cmd(c, j, "switches", 1) for j in jobs))
+print("\ndaemon CPU per command (us):")
+for c in configs:
+    if not c.startswith("pscsi"):
+        print(f"  {c}: " + ", ".join(per_cmd(c, j, "cpu_ticks", 10000) for j in jobs))
 print("\ndaemon CPU ticks per job (10 ms each):")
 for c in configs:
     if c.startswith("pscsi"):
