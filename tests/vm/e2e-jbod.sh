@@ -106,8 +106,8 @@ rings=$(awk '/^[0-9a-f]+-[0-9a-f]+ /{ring = ($6 ~ /^\/dev\/uio/)} /^Rss:/{if (ri
 rss=$(awk '/^Rss:/{print $2}' /proc/$DAEMON/smaps_rollup)
 echo "idle after the load: $idle threads; RSS $rss KiB of which rings $rings KiB: $((rss - rings)) KiB without them"
 check "idle: one thread per device and the daemon's own few" [ "$idle" -le $((N + 1 + 8)) ]
-# What 65 idle devices cost: each leader looks at its ring and LIO's
-# cmd_time_out about once a second.
+# What 65 idle devices cost: each crew's timer wakes a thread to look at
+# its ring and LIO's cmd_time_out about once a second.
 i0=$(awk '{print $14 + $15}' /proc/$DAEMON/stat); sleep 10; i1=$(awk '{print $14 + $15}' /proc/$DAEMON/stat)
 idle_pct=$(python3 -c "print(round(($i1 - $i0) / $(getconf CLK_TCK) / 10 * 100, 1))")
 echo "idle daemon with $((N + 1)) devices: ${idle_pct}% of one CPU"
