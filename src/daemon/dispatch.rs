@@ -432,12 +432,12 @@ impl<W: Work> Crew<W> {
     }
 
     /// Makes sure a thread is on its way for every item that may start,
-    /// and that one thread waits beyond them: waiting threads are called
-    /// first, then new threads are started up to the cap and the budget.
+    /// and that one thread watches the ring beyond them: parked threads
+    /// are woken first, then watchers beyond one are called, then new
+    /// threads are started up to the cap and the budget.
     fn arrange(self: &Arc<Self>, st: &mut State<W::Item>) {
         // Items beyond the cap (or the work's limit for the first of them)
-        // wait for a running one to finish; a waiting thread is always
-        // wanted.
+        // wait for a running one to finish; a watcher is always wanted.
         let free = self.cap_for(st.queue.front()).saturating_sub(st.running);
         let startable = st.queue.len().min(free);
         // Waiting threads not already called away watch the ring.
