@@ -45,32 +45,50 @@ pub fn write_u32(fd: RawFd, v: u32) -> io::Result<()> {
     }
 }
 
+/// Takes ownership of the descriptor a creating syscall returned, or its
+/// error when it returned -1.
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a non-negative fd just returned by a creating syscall is a
+    // fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads the 8-byte counter of an eventfd or timerfd; false if there was
+/// none to read (EAGAIN) or the read failed.
+fn read_counter(fd: &OwnedFd) -> bool {
+    let mut v = 0u64;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    n == 8
+}
+
+/// Adds 1 to an eventfd's counter. A failure (the counter full) still
+/// leaves the fd readable, which is all its readers need.
+fn add_one(fd: &OwnedFd) {
+    let one = 1u64;
+    // SAFETY: writes 8 bytes from a live u64.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
 /// An eventfd used to wake an event loop from other threads.
 #[derive(Debug)]
 pub struct EventFd(OwnedFd);
 
 impl EventFd {
     pub fn new() -> io::Result<Self> {
-        // SAFETY: eventfd has no memory arguments; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        // SAFETY: eventfd has no memory arguments.
+        owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }).map(EventFd)
     }
 
     pub fn wake(&self) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a live u64; failure (counter full)
-        // still leaves the fd readable, which is all a wake-up needs.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        add_one(&self.0);
     }
 
     pub fn drain(&self) {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a live u64; EAGAIN is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        read_counter(&self.0);
     }
 
     pub fn fd(&self) -> RawFd {
@@ -86,30 +104,19 @@ pub struct Semaphore(OwnedFd);
 impl Semaphore {
     pub fn new() -> io::Result<Self> {
         let flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE;
-        // SAFETY: eventfd has no memory arguments; the result is checked.
-        let fd = unsafe { libc::eventfd(0, flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(Semaphore(unsafe { OwnedFd::from_raw_fd(fd) }))
+        // SAFETY: eventfd has no memory arguments.
+        owned(unsafe { libc::eventfd(0, flags) }).map(Semaphore)
     }
 
     /// Adds one. One write per post: a write wakes one exclusive waiter
     /// whatever the value written.
     pub fn post(&self) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a live u64; the counter cannot come
-        // near its 2^64-1 bound (posts are matched by takes).
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        add_one(&self.0);
     }
 
     /// Takes one if there is one (never blocks).
     pub fn take(&self) -> bool {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a live u64.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-        n == 8
+        read_counter(&self.0)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -124,13 +131,8 @@ pub struct TimerFd(OwnedFd);
 impl TimerFd {
     pub fn new() -> io::Result<Self> {
         let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
-        // SAFETY: timerfd_create has no memory arguments; checked.
-        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(TimerFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        // SAFETY: timerfd_create has no memory arguments.
+        owned(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) }).map(TimerFd)
     }
 
     /// Fires first after `first`, then every `period`.
@@ -156,9 +158,7 @@ impl TimerFd {
 
     /// Consumes the expiries so far (the fd is readable until then).
     pub fn drain(&self) {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a live u64; EAGAIN is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        read_counter(&self.0);
     }
 
     pub fn fd(&self) -> RawFd {
@@ -182,13 +182,8 @@ pub struct Ready {
 
 impl Epoll {
     pub fn new() -> io::Result<Self> {
-        // SAFETY: epoll_create1 has no memory arguments; checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+        // SAFETY: epoll_create1 has no memory arguments.
+        owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map(Epoll)
     }
 
     /// Adds `fd` for input, reported as `token` (0..64). `edge`: each
