@@ -93,7 +93,16 @@ impl Guard {
             }
             Err(e) => {
                 if !self.read_failed.swap(true, Ordering::Relaxed) {
-                    log::warn!("{}: cannot read cmd_time_out again ({e})", self.label);
+                    if self.attr.exists() {
+                        log::warn!("{}: cannot read cmd_time_out again ({e})", self.label);
+                    } else {
+                        // An unexport removes the directory before the
+                        // uio device: nothing is wrong.
+                        log::debug!(
+                            "{}: cmd_time_out gone, the device is being removed",
+                            self.label
+                        );
+                    }
                 }
                 return None;
             }
