@@ -76,6 +76,20 @@ for n in 1 2; do
     iscsiadm -m node -T "$iqn" -p 10.0.2.2:$((BASE + n)) --login > /dev/null 2>&1 || bad "log in to gw$n"
 done
 udevadm settle
+# Both gateways' disks answer with the storage's WWID before multipathd
+# starts: under TCG a gateway can take seconds over its first commands,
+# and multipathd leaves a path it could not identify at start-up out of
+# the map until a later event (one CI run saw the checks below start
+# with one path).
+gw_disks() {
+    local d
+    for d in $(lsscsi | awk '/LIO-ORG/ && / shared / {print $NF}'); do
+        [ "$d" != "$OUTSIDE" ] && [ "$(/lib/udev/scsi_id -g -u -d "$d")" = "$WWID" ] && echo "$d"
+    done
+}
+two_gw_disks() { [ "$(gw_disks | wc -l)" -eq 2 ]; }
+check "both gateways' disks answer with the storage's WWID" wait_for 120 two_gw_disks
+echo "$(at) gateways' disks: $(gw_disks | tr '\n' ' ')"
 # multipath.conf as the users' guide gives it for tcmu-sg gateways.
 cat > /etc/multipath.conf <<'EOF'
 defaults {
@@ -108,7 +122,7 @@ MPD=$!
 MAP=/dev/mapper/shared
 check "one map of the two gateways' paths" wait_for 30 test -b $MAP
 paths() { multipathd show paths format "%d %t %T" 2>/dev/null | awk 'NR > 1 && $1 != "" {print}'; }
-check "  two active paths" wait_for 20 bash -c "[ \$(multipathd show paths format '%d %t %T' | grep -c 'active ready') -eq 2 ]"
+check "  two active paths" wait_for 60 bash -c "[ \$(multipathd show paths format '%d %t %T' | grep -c 'active ready') -eq 2 ]"
 multipath -ll 2>/dev/null
 PATHS=($(paths | awk '{print "/dev/"$1}'))
 check "  under the storage's WWID" bash -c "multipath -ll shared | grep -q '($WWID)'"
