@@ -13,6 +13,9 @@
 # lock).
 # LATENCY: a scsi_debug latency for every job, e.g. delay=1 (4 ms) or
 # ndelay=100000 (100 us); default delay=0 (inline).
+# LEVERS_IDLE=N: every daemon also serves N more devices, idle, as the
+# bench's daemon does (its aggregate and JBOD LUNs), so that their cost
+# shows in the measured device's jobs.
 set -euo pipefail
 BIN=$1
 LIO=$2
@@ -21,14 +24,16 @@ OLD=${3:-}
 SET=${4:-all}
 LATENCY=${5:--}
 [ "$LATENCY" = - ] && LATENCY=
+[ -f /vm-out/levers.env ] && . /vm-out/levers.env
 RUNTIME=${LEVERS_RUNTIME:-3}
+IDLE=${LEVERS_IDLE:-0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 SDOPTS=()
 # no-rwlock: the same, with scsi_debug not locking its store (writes
 # otherwise take it exclusively).
 [ "$SET" = no-rwlock ] && SDOPTS=(no_rwlock=1)
-scsi_debug_luns dev_size_mb=512 max_luns=2 delay=0 "${SDOPTS[@]}"
+scsi_debug_luns dev_size_mb=512 max_luns=$((2 + IDLE)) delay=0 "${SDOPTS[@]}"
 if [ -n "$LATENCY" ]; then
     echo "${LATENCY#*=}" > "/sys/bus/pseudo/drivers/scsi_debug/${LATENCY%%=*}"
     echo "levers: scsi_debug $LATENCY"
@@ -41,7 +46,9 @@ JOBS=("randread 4k 1" "randwrite 4k 16" "randwrite 4k 64" "read 1M 4" "write 1M 
 prep() { echo 1024 > /sys/block/${1#/dev/}/queue/max_sectors_kb 2>/dev/null || true; }
 # The daemon's context switches so far (threads alive now; one that
 # retired during a job takes its count with it).
-switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s += $2} END {print s + 0}'; }
+# A thread may retire between the glob and its read: cat then fails, which
+# must not end the script (pipefail, set -e).
+switches() { { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/ctxt_switches/{s += $2} END {print s + 0}'; }
 # measure LABEL LUN PID|- [FIO CPU]
 measure() {
     local label=$1 lun=$2 pid=$3 cpu=${4:-} pin=()
@@ -69,11 +76,13 @@ with_sg() {
     local pid=$!
     sleep 0.5
     [ -n "$dcpu" ] && taskset -a -p -c "$dcpu" $pid > /dev/null
-    local lun
+    local lun i
+    for ((i = 0; i < IDLE; i++)); do "$BIN" export --name idle$i "${DISKS[$((2 + i))]}" > /dev/null; done
     # shellcheck disable=SC2086
     lun=$("$BIN" export --name lv "${DISKS[0]}" $eargs)
     measure "$label" "$lun" $pid "$fcpu"
     "$BIN" unexport --name lv
+    for ((i = 0; i < IDLE; i++)); do "$BIN" unexport --name idle$i; done
     kill -TERM $pid; wait $pid || true
 }
 

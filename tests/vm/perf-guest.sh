@@ -29,7 +29,7 @@ for i in $(seq 0 $((N - 1))); do
 done
 echo 0 > /proc/sys/kernel/kptr_restrict
 echo -1 > /proc/sys/kernel/perf_event_paranoid
-ctxt() { cat /proc/$SGPID/task/*/status 2>/dev/null | awk '/ctxt_switches/{s += $2} END {print s + 0}'; }
+ctxt() { { cat /proc/$SGPID/task/*/status 2>/dev/null || true; } | awk '/ctxt_switches/{s += $2} END {print s + 0}'; }
 for which in sg pscsi; do
     luns=("${SGS[@]}"); [ $which = pscsi ] && luns=("${PSS[@]}")
     jobs=()
