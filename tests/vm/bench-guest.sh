@@ -23,15 +23,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 scsi_debug_luns dev_size_mb=512 max_luns=154 delay=0
 echo "scsi_debug: ${#DISKS[@]} disks"
 
-mkdir -p /run/dbus /etc/dbus-1/system.d /var/log
-cp "$ROOT/packaging/dbus/tcmu-sg.conf" /etc/dbus-1/system.d/
-dbus-daemon --system --fork
-tcmu-runner > /vm-out/tcmu-runner.log 2>&1 &
-for _ in $(seq 100); do
-    dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.GetNameOwner \
-        string:org.kernel.TCMUService1 >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_tcmu_runner "$ROOT"
 "$BIN" run > /vm-out/tcmu-sg-bench.log 2>&1 &
 SGPID=$!
 sleep 1
@@ -39,17 +31,8 @@ sleep 1
 SG=$("$BIN" export --name b0 "${DISKS[0]}")
 PS=$("$LIO" pscsi p0 "${ADDRS[1]}" naa.5001405dddddddd1)
 # The qcow2 image lives on a scsi_debug disk, so tcmu-runner sees the
-# same latency; metadata preallocation: writes allocate nothing.
-qemu-img create -q -f qcow2 -o preallocation=metadata "${DISKS[2]}" 256M
-# hw_max_sectors=2048: let tcmu-runner take 1 MiB commands like the others
-# (its default, 128 sectors, makes the initiator split at 64 KiB).
-targetcli /backstores/user:qcow create name=q0 size=256M cfgstring="${DISKS[2]}" \
-    hw_max_sectors=2048 2>&1 | grep -v Warning | grep -v 'warn(' || true
-targetcli /loopback create naa.5001405eeeeeeee1 >/dev/null 2>&1
-targetcli /loopback/naa.5001405eeeeeeee1/luns create /backstores/user:qcow/q0 >/dev/null 2>&1
-a=$(cat /sys/kernel/config/target/loopback/naa.5001405eeeeeeee1/tpgt_1/address)
-for _ in $(seq 100); do ls /sys/class/scsi_device/$a:0/device/block/ >/dev/null 2>&1 && break; sleep 0.1; done
-QC=/dev/$(ls /sys/class/scsi_device/$a:0/device/block/)
+# same latency.
+QC=$(qcow_lun "${DISKS[2]}")
 RUNNER=$(pgrep -x tcmu-runner)
 AGG_SG=(); AGG_PS=()
 for i in $(seq 0 7); do

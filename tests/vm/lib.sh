@@ -58,3 +58,34 @@ scsi_debug_luns() {
     mapfile -t DISKS < <(lsscsi | awk '/scsi_debug/{print $1" "$NF}' | tr -d '[]' | sort -t: -k4 -n | awk '{print $2}')
     mapfile -t ADDRS < <(lsscsi | awk '/scsi_debug/{print $1}' | tr -d '[]' | sort -t: -k4 -n)
 }
+# start_tcmu_runner ROOT: a system bus with tcmu-sg's D-Bus policy (from
+# the checkout at ROOT), and tcmu-runner on it (its log in
+# /vm-out/tcmu-runner.log); returns once it owns org.kernel.TCMUService1,
+# or after 10 s.
+start_tcmu_runner() {
+    mkdir -p /run/dbus /etc/dbus-1/system.d /var/log
+    cp "$1/packaging/dbus/tcmu-sg.conf" /etc/dbus-1/system.d/
+    dbus-daemon --system --fork
+    tcmu-runner > /vm-out/tcmu-runner.log 2>&1 &
+    for _ in $(seq 100); do
+        dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.GetNameOwner \
+            string:org.kernel.TCMUService1 >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+}
+# qcow_lun DISK: tcmu-runner's user:qcow LUN q0 over a 256 MiB qcow2 image
+# on DISK, exported through tcm_loop; prints its /dev node. The image's
+# metadata is preallocated (writes allocate nothing), and
+# hw_max_sectors=2048 lets tcmu-runner take 1 MiB commands like the
+# others (its default, 128 sectors, makes the initiator split at 64 KiB).
+qcow_lun() {
+    local a
+    qemu-img create -q -f qcow2 -o preallocation=metadata "$1" 256M
+    targetcli /backstores/user:qcow create name=q0 size=256M cfgstring="$1" \
+        hw_max_sectors=2048 2>&1 | grep -v Warning | grep -v 'warn(' >&2 || true
+    targetcli /loopback create naa.5001405eeeeeeee1 >/dev/null 2>&1
+    targetcli /loopback/naa.5001405eeeeeeee1/luns create /backstores/user:qcow/q0 >/dev/null 2>&1
+    a=$(cat /sys/kernel/config/target/loopback/naa.5001405eeeeeeee1/tpgt_1/address)
+    for _ in $(seq 100); do ls /sys/class/scsi_device/$a:0/device/block/ >/dev/null 2>&1 && break; sleep 0.1; done
+    echo "/dev/$(ls /sys/class/scsi_device/$a:0/device/block/)"
+}

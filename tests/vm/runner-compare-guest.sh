@@ -14,26 +14,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 scsi_debug_luns dev_size_mb=512 max_luns=2 delay=0
-mkdir -p /run/dbus /etc/dbus-1/system.d /var/log
-cp "$ROOT/packaging/dbus/tcmu-sg.conf" /etc/dbus-1/system.d/
-dbus-daemon --system --fork
-tcmu-runner > /vm-out/tcmu-runner.log 2>&1 &
-for _ in $(seq 100); do
-    dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.GetNameOwner \
-        string:org.kernel.TCMUService1 >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_tcmu_runner "$ROOT"
 "$BIN" run --no-dbus > /vm-out/sg.log 2>&1 &
 SGPID=$!
 sleep 1
 SG=$("$BIN" export --name b0 "${DISKS[0]}")
-qemu-img create -q -f qcow2 -o preallocation=metadata "${DISKS[1]}" 256M
-targetcli /backstores/user:qcow create name=q0 size=256M cfgstring="${DISKS[1]}" hw_max_sectors=2048 >/dev/null 2>&1 || true
-targetcli /loopback create naa.5001405eeeeeeee1 >/dev/null 2>&1
-targetcli /loopback/naa.5001405eeeeeeee1/luns create /backstores/user:qcow/q0 >/dev/null 2>&1
-a=$(cat /sys/kernel/config/target/loopback/naa.5001405eeeeeeee1/tpgt_1/address)
-for _ in $(seq 100); do ls /sys/class/scsi_device/$a:0/device/block/ >/dev/null 2>&1 && break; sleep 0.1; done
-QC=/dev/$(ls /sys/class/scsi_device/$a:0/device/block/)
+QC=$(qcow_lun "${DISKS[1]}")
 RUNNER=$(pgrep -x tcmu-runner)
 cnt() { printf '%d' "$(cat /sys/block/${1#/dev/}/device/iorequest_cnt)"; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
