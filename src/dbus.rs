@@ -39,7 +39,7 @@ impl SgHandler {
     /// `config` is `<subtype>/<cfgstring>` as targetcli passes it.
     #[zbus(name = "CheckConfig")]
     fn check_config(&self, config: &str) -> (bool, String) {
-        let r = crate::sg::backing::check_config(config);
+        let r = crate::backend::check_config(config);
         log::info!("CheckConfig({config:?}): {r:?}");
         match r {
             Ok(desc) => (true, desc),

@@ -20,7 +20,10 @@
 //!   than `seen_after + cmd_time_out`, whatever happened in between: a
 //!   stopped or starved daemon, a wait for a free thread.
 //! - The SG_IO bound: the timeout asked for, raised to the kernel's floor
-//!   (7 s for SG_IO on a block node, `BLK_MIN_SG_TIMEOUT`).
+//!   (7 s for SG_IO on a block node, `BLK_MIN_SG_TIMEOUT`), plus the
+//!   longest the command can wait in the node's queue before its timeout
+//!   starts (an iSCSI or FC transport recovering a lost session holds the
+//!   queue for up to its recovery timeout: `sg::backing::transport_queueing`).
 //! - The margin: what an SG_IO can take past its timeout (the block
 //!   layer's timer is rounded up to a second; the SCSI midlayer then aborts
 //!   the command at the backing device) and the steps between the kernel's
@@ -97,8 +100,10 @@ pub struct Timing {
     /// `cmd_time_out` allows.
     pub sg_timeout: Duration,
     /// The longest an SG_IO takes to time out: `sg_timeout` raised to the
-    /// kernel's floor.
+    /// kernel's floor, plus `queueing`.
     pub sg_bound: Duration,
+    /// How long an SG_IO may wait in a queue before its timeout starts.
+    pub queueing: Duration,
     pub margin: Duration,
     /// The SG_IO timeout was lowered from the one wanted.
     pub lowered: bool,
@@ -108,26 +113,40 @@ impl Timing {
     /// The timing for `cmd_time_out`, an SG_IO timeout `wanted` and the
     /// kernel's `floor` for the node SG_IO is issued on.
     pub fn new(cmd_time_out: Duration, wanted: Duration, floor: Duration) -> Timing {
+        Timing::queued(cmd_time_out, wanted, floor, Duration::ZERO)
+    }
+
+    /// [`Timing::new`] for a node whose SG_IOs may wait up to `queueing`
+    /// in its queue before their timeout starts.
+    pub fn queued(
+        cmd_time_out: Duration,
+        wanted: Duration,
+        floor: Duration,
+        queueing: Duration,
+    ) -> Timing {
         if cmd_time_out.is_zero() {
             return Timing {
                 cmd_time_out,
                 sg_timeout: wanted,
-                sg_bound: wanted.max(floor),
+                sg_bound: wanted.max(floor) + queueing,
+                queueing,
                 margin: Duration::ZERO,
                 lowered: false,
             };
         }
         let margin = (cmd_time_out / 6).clamp(MIN_MARGIN, MAX_MARGIN);
-        // At most cmd_time_out - 2 margins: at least a margin is left for
-        // the command's wait before it starts.
+        // At most cmd_time_out - 2 margins - the queueing: at least a
+        // margin is left for the command's wait before it starts.
         let ceiling = cmd_time_out
             .saturating_sub(margin * 2)
+            .saturating_sub(queueing)
             .max(Duration::from_secs(1));
         let sg_timeout = wanted.min(ceiling);
         Timing {
             cmd_time_out,
             sg_timeout,
-            sg_bound: sg_timeout.max(floor),
+            sg_bound: sg_timeout.max(floor) + queueing,
+            queueing,
             margin,
             lowered: sg_timeout < wanted,
         }
@@ -135,12 +154,12 @@ impl Timing {
 
     /// The shortest `cmd_time_out` (whole seconds) that keeps an SG_IO
     /// timeout of `wanted` unlowered, with at least a margin of window,
-    /// on a node with this floor.
-    pub fn cmd_time_out_for(wanted: Duration, floor: Duration) -> Duration {
+    /// on a node with this floor and queueing.
+    pub fn cmd_time_out_for(wanted: Duration, floor: Duration, queueing: Duration) -> Duration {
         (1..)
             .map(Duration::from_secs)
             .find(|&t| {
-                let tm = Timing::new(t, wanted, floor);
+                let tm = Timing::queued(t, wanted, floor, queueing);
                 !tm.lowered && tm.window().is_some_and(|w| w >= tm.margin)
             })
             .expect("a long enough cmd_time_out exists")
@@ -191,17 +210,25 @@ impl Timing {
                 self.sg_timeout.as_secs_f64()
             ),
             Some(w) => format!(
-                "cmd_time_out {} s, SG_IO timeout {:.1} s{}: a command that waited more \
+                "cmd_time_out {} s, SG_IO timeout {:.1} s{}{}: a command that waited more \
                  than {:.1} s since the ring read before it is refused BUSY, unrun",
                 self.cmd_time_out.as_secs(),
                 self.sg_timeout.as_secs_f64(),
-                if self.sg_bound > self.sg_timeout {
+                if self.sg_bound - self.queueing > self.sg_timeout {
                     format!(
                         " (the kernel makes it {:.0} s)",
-                        self.sg_bound.as_secs_f64()
+                        (self.sg_bound - self.queueing).as_secs_f64()
                     )
                 } else {
                     String::new()
+                },
+                if self.queueing.is_zero() {
+                    String::new()
+                } else {
+                    format!(
+                        ", plus up to {} s in the transport's recovery",
+                        self.queueing.as_secs()
+                    )
                 },
                 w.as_secs_f64()
             ),
@@ -214,6 +241,7 @@ mod tests {
     use super::*;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+    const Z: Duration = Duration::ZERO;
 
     #[test]
     fn the_default_timeout_fits_the_default_cmd_time_out() {
@@ -275,19 +303,55 @@ mod tests {
     #[test]
     fn the_cmd_time_out_a_timeout_needs() {
         // LIO's default is just what the default disk timeout needs.
-        assert_eq!(Timing::cmd_time_out_for(S(20), BLOCK_SG_FLOOR), S(30));
-        assert_eq!(Timing::cmd_time_out_for(S(2), BLOCK_SG_FLOOR), S(11));
-        assert_eq!(Timing::cmd_time_out_for(S(2), Duration::ZERO), S(6));
-        assert_eq!(Timing::cmd_time_out_for(S(500), Duration::ZERO), S(560));
-        assert_eq!(Timing::cmd_time_out_for(S(14400), Duration::ZERO), S(14460));
+        assert_eq!(Timing::cmd_time_out_for(S(20), BLOCK_SG_FLOOR, Z), S(30));
+        assert_eq!(Timing::cmd_time_out_for(S(2), BLOCK_SG_FLOOR, Z), S(11));
+        assert_eq!(Timing::cmd_time_out_for(S(2), Duration::ZERO, Z), S(6));
+        assert_eq!(Timing::cmd_time_out_for(S(500), Duration::ZERO, Z), S(560));
+        assert_eq!(
+            Timing::cmd_time_out_for(S(14400), Duration::ZERO, Z),
+            S(14460)
+        );
         for w in [1, 7, 19, 20, 21, 90, 120, 121, 500, 3600] {
-            let t = Timing::cmd_time_out_for(S(w), BLOCK_SG_FLOOR);
+            let t = Timing::cmd_time_out_for(S(w), BLOCK_SG_FLOOR, Z);
             let tm = Timing::new(t, S(w), BLOCK_SG_FLOOR);
             assert!(!tm.lowered && tm.window().unwrap() >= tm.margin, "{w}");
             // And not a second less.
             let tm = Timing::new(t - S(1), S(w), BLOCK_SG_FLOOR);
             assert!(tm.lowered || tm.window().unwrap() < tm.margin, "{w}");
         }
+    }
+
+    #[test]
+    fn a_transports_recovery_counts_into_the_bound() {
+        // An iSCSI path with replacement_timeout 5 s under LIO's default
+        // cmd_time_out: the wanted 20 s is lowered to leave room for it.
+        let t = Timing::queued(S(30), S(20), BLOCK_SG_FLOOR, S(5));
+        assert_eq!((t.sg_timeout, t.sg_bound, t.margin), (S(15), S(20), S(5)));
+        assert!(t.lowered);
+        assert_eq!(t.window(), Some(S(5)));
+        assert!(t
+            .describe()
+            .contains("plus up to 5 s in the transport's recovery"));
+        // Every start it allows ends, queueing included, before the
+        // earliest deadline.
+        let seen = Stamp::from_nanos(1 << 40);
+        for ms in (0..40_000).step_by(250) {
+            let now = seen + Duration::from_millis(ms);
+            if t.may_start(Some(seen), now) {
+                assert!(now + CLOCK_SLACK + t.sg_bound + t.margin <= seen + t.cmd_time_out);
+            }
+        }
+        // iscsid's default replacement_timeout (120 s) leaves no window
+        // under 30 s: nothing may start, and what would is named.
+        let t = Timing::queued(S(30), S(20), BLOCK_SG_FLOOR, S(120));
+        assert_eq!(t.window(), Some(Duration::ZERO));
+        assert_eq!(
+            Timing::cmd_time_out_for(S(20), BLOCK_SG_FLOOR, S(5)),
+            Timing::cmd_time_out_for(S(25), BLOCK_SG_FLOOR, Z)
+        );
+        // Without cmd_time_out the bound still says how long an SG_IO lasts.
+        let t = Timing::queued(Duration::ZERO, S(20), BLOCK_SG_FLOOR, S(5));
+        assert_eq!(t.sg_bound, S(25));
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
         cfg.push_str(o);
     }
     let parsed = config::parse(&cfg).map_err(|e| e.to_string())?;
-    let info = backing::probe(&parsed, Path::new("/sys")).map_err(|e| e.to_string())?;
+    let info = crate::backend::probe(&parsed).map_err(|e| e.to_string())?;
     let size = info.blocks * info.params.block_size as u64;
     let b = t
         .user_backstore(spec.hba, &spec.name)
@@ -143,6 +143,7 @@ pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
         Some((_, v)) => v.clone(),
         None => cmd_time_out_for(&parsed, &info).as_secs().to_string(),
     };
+    refuse_no_window(&parsed, &info, &cmd_time_out)?;
     b.create_with(&control, &[("cmd_time_out".into(), cmd_time_out)])
         .map_err(|e| e.to_string())?;
     // Nothing half-made is left behind: a later failure undoes the export.
@@ -160,7 +161,77 @@ pub fn cmd_time_out_for(cfg: &config::DevConfig, info: &backing::BackingInfo) ->
     } else {
         Duration::ZERO
     };
-    crate::expiry::Timing::cmd_time_out_for(longest, floor).max(LIO_CMD_TIME_OUT)
+    needed_cmd_time_out(info.params.class, longest, floor, info.queueing)
+}
+
+/// The `cmd_time_out` for a device whose longest SG_IO timeout is
+/// `longest`, on a node with this floor and queueing: what the timeout
+/// needs, at least LIO's default. A disk's transport recovery does not
+/// raise it (a disk's `cmd_time_out` stays under the initiator's 30 s
+/// command timeout: its SG_IO timeout is lowered to make room instead).
+pub fn needed_cmd_time_out(
+    class: crate::scsi::direction::DeviceClass,
+    longest: Duration,
+    floor: Duration,
+    queueing: Duration,
+) -> Duration {
+    let queueing = if class.splits_by_lba() {
+        Duration::ZERO
+    } else {
+        queueing
+    };
+    crate::expiry::Timing::cmd_time_out_for(longest, floor, queueing).max(LIO_CMD_TIME_OUT)
+}
+
+/// An export whose commands could never start (the backing transport's
+/// recovery takes the whole of `cmd_time_out`) is refused, naming the fix.
+fn refuse_no_window(
+    cfg: &config::DevConfig,
+    info: &backing::BackingInfo,
+    cmd_time_out: &str,
+) -> Result<(), String> {
+    let Ok(secs) = cmd_time_out.trim().parse::<u64>() else {
+        return Ok(()); // LIO judges it
+    };
+    let longest = backing::timeouts_of(cfg, info.params.class).longest();
+    let floor = if info.block {
+        crate::expiry::BLOCK_SG_FLOOR
+    } else {
+        Duration::ZERO
+    };
+    let t = crate::expiry::Timing::queued(Duration::from_secs(secs), longest, floor, info.queueing);
+    if t.window() != Some(Duration::ZERO) {
+        return Ok(());
+    }
+    let mut why = format!(
+        "cmd_time_out {secs} s leaves no time for a command to start: an SG_IO to {} may \
+         take {} s",
+        cfg.path.display(),
+        t.sg_bound.as_secs()
+    );
+    if !info.queueing.is_zero() {
+        why.push_str(&format!(
+            ", {} s of it in its transport's recovery of a lost session; lower the \
+             iSCSI sessions' replacement_timeout (iscsiadm -m node -o update -n \
+             node.session.timeo.replacement_timeout -v 5, then log in again) or \
+             multipath.conf's fast_io_fail_tmo, or",
+            info.queueing.as_secs()
+        ));
+    }
+    // The shortest that leaves a margin of window, the SG_IO timeout lowered.
+    let enough = (secs..)
+        .find(|&c| {
+            let t = crate::expiry::Timing::queued(
+                Duration::from_secs(c),
+                longest,
+                floor,
+                info.queueing,
+            );
+            t.window().is_some_and(|w| w >= t.margin)
+        })
+        .unwrap_or(secs);
+    why.push_str(&format!(" give --attrib cmd_time_out={enough} or more"));
+    Err(why)
 }
 
 /// LIO's default `cmd_time_out` for a TCMU device.
@@ -261,6 +332,22 @@ mod tests {
             iqn_for("Disk_1"),
             "iqn.2003-01.org.linux-iscsi.tcmu-sg:disk-1"
         );
+    }
+
+    #[test]
+    fn a_transports_recovery_lowers_a_disks_timeout_but_raises_a_tapes_cmd_time_out() {
+        use crate::scsi::direction::DeviceClass;
+        let s = Duration::from_secs;
+        let floor = crate::expiry::BLOCK_SG_FLOOR;
+        // A disk over iSCSI keeps LIO's default: under the initiator's 30 s.
+        assert_eq!(
+            needed_cmd_time_out(DeviceClass::Block, s(20), floor, s(5)),
+            LIO_CMD_TIME_OUT
+        );
+        // A tape's long commands need their time, the recovery on top.
+        let without = needed_cmd_time_out(DeviceClass::Stream, s(900), Duration::ZERO, s(0));
+        let with = needed_cmd_time_out(DeviceClass::Stream, s(900), Duration::ZERO, s(5));
+        assert!(with > without, "{with:?} {without:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - `passthrough`: one command from ring entry to completion;
 //! - `daemon`: devices, threads, events.
 
+pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
@@ -34,6 +35,7 @@ pub mod scsi {
 
 pub mod sg {
     pub mod backing;
+    pub mod engine;
     pub mod io;
 }
 

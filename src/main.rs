@@ -268,7 +268,7 @@ fn check_config(cfgstring: std::ffi::OsString) -> ExitCode {
     match cfgstring
         .into_string()
         .map_err(|_| tcmu_sg::config::ConfigError::BadChar.to_string())
-        .and_then(|s| tcmu_sg::sg::backing::check_config(&s))
+        .and_then(|s| tcmu_sg::backend::check_config(&s))
     {
         Ok(desc) => {
             println!("{desc}");

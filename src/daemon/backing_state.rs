@@ -48,6 +48,7 @@ pub struct Lost {
     vendor_model: String,
     longest_timeout: Duration,
     sg_floor: Duration,
+    queueing: Duration,
     max_inflight: usize,
     why: String,
     retry: Retry,
@@ -96,7 +97,7 @@ pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
         Ok(c) => c,
         Err(e) => return BackingState::Bad(e.to_string()),
     };
-    match backing::open(&c) {
+    match crate::backend::open(&c) {
         Ok(b) => BackingState::Up(Arc::new(b)),
         Err(e) if e.is_absent() => {
             let timeouts = backing::timeouts_of(&c, crate::scsi::direction::DeviceClass::Block);
@@ -107,6 +108,7 @@ pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
                 vendor_model: String::new(),
                 longest_timeout: timeouts.longest(),
                 sg_floor: crate::expiry::BLOCK_SG_FLOOR,
+                queueing: Duration::ZERO,
                 max_inflight: 1,
                 why: format!("not there yet: {e}"),
                 retry: Retry::start(),
@@ -148,6 +150,9 @@ pub struct BackingSlot {
 
 impl BackingSlot {
     pub fn new(state: BackingState, label: &str) -> BackingSlot {
+        if let BackingState::Up(b) = &state {
+            b.engine.set_label(label);
+        }
         BackingSlot {
             state: Mutex::new(state),
             label: label.to_string(),
@@ -163,12 +168,13 @@ impl BackingSlot {
         }
     }
 
-    /// The longest SG_IO timeout of the device's commands and the kernel's
-    /// floor for the node (None: no backing device to send to).
-    pub fn sg_params(&self) -> Option<(Duration, Duration)> {
+    /// The longest SG_IO timeout of the device's commands, the kernel's
+    /// floor for the node and the longest wait in its queue (None: no
+    /// backing device to send to).
+    pub fn sg_params(&self) -> Option<(Duration, Duration, Duration)> {
         match &*self.state.lock().unwrap() {
-            BackingState::Up(b) => Some((b.timeouts.longest(), b.sg_floor())),
-            BackingState::Lost(l) => Some((l.longest_timeout, l.sg_floor)),
+            BackingState::Up(b) => Some((b.timeouts.longest(), b.sg_floor(), b.queueing())),
+            BackingState::Lost(l) => Some((l.longest_timeout, l.sg_floor, l.queueing)),
             BackingState::Bad(_) => None,
         }
     }
@@ -184,6 +190,7 @@ impl BackingSlot {
                     &format!("{} {}", b.info.vendor, b.info.model),
                 );
                 r.state = "serving".into();
+                b.engine.describe(r);
             }
             BackingState::Bad(why) => {
                 r.state = "not ready".into();
@@ -236,6 +243,7 @@ impl BackingSlot {
             vendor_model: format!("{} {}", b.info.vendor, b.info.model),
             longest_timeout: b.timeouts.longest(),
             sg_floor: b.sg_floor(),
+            queueing: b.queueing(),
             max_inflight: b.max_inflight(),
             why: format!("{} {why}", b.info.node.display()),
             retry: Retry::start(),
@@ -259,13 +267,13 @@ impl BackingSlot {
             return Reopen::Wait(due - now);
         }
         // Opened without the lock: probing and INQUIRY take a while.
-        let opened = backing::open(&cfg);
+        let opened = crate::backend::open(&cfg);
         let mut st = self.state.lock().unwrap();
         let BackingState::Lost(l) = &mut *st else {
             return Reopen::Idle; // reconfigured meanwhile
         };
         match opened {
-            Ok(b) if l.first || b.identity == identity => {
+            Ok(b) if l.first || backing::same_unit(&b.identity, &identity) => {
                 log::info!(
                     "{}: backing device {} after {:.1} s: {}",
                     self.label,
@@ -283,6 +291,7 @@ impl BackingSlot {
                     DeviceStats::count(&stats.reopened);
                 }
                 let cap = b.max_inflight();
+                b.engine.set_label(&self.label);
                 *st = BackingState::Up(Arc::new(b));
                 return Reopen::Up(cap);
             }
@@ -315,6 +324,9 @@ impl BackingSlot {
         let mut b = self.state.lock().unwrap();
         *b = BackingState::Bad("reconfiguring".into());
         *b = open_backing(cfg, defaults);
+        if let BackingState::Up(nb) = &*b {
+            nb.engine.set_label(&self.label);
+        }
         let cap = b.cap();
         match &*b {
             BackingState::Up(nb) => log::info!(

@@ -24,7 +24,8 @@ use crate::expiry::{Stamp, Timing};
 use crate::passthrough::{self, completion};
 use crate::scsi::direction::Direction;
 use crate::scsi::sense::{Outcome, SgResult};
-use crate::sg::io::{sg_io, SgScratch};
+use crate::sg::engine::Call;
+use crate::sg::io::SgScratch;
 use crate::stats::{DeviceStats, Record};
 use crate::status::DeviceReport;
 use crate::sys::{self, EventFd, Ready, TimerFd};
@@ -41,7 +42,7 @@ const STATUS_LOG_EVERY_MS: u64 = 10_000;
 /// The opaque context the chunk walk hands to each SG_IO call, and what
 /// the calls leave in it.
 struct IoCtx<'a> {
-    fd: i32,
+    engine: &'a dyn crate::sg::engine::Engine,
     map: &'a crate::tcmu::mapping::Mapping,
     timing: Timing,
     /// The command's `seen_after` (see `crate::expiry`).
@@ -50,33 +51,40 @@ struct IoCtx<'a> {
     sg: &'a mut SgScratch,
     /// Set when a call found the backing device gone.
     gone: Option<&'static str>,
+    /// Chunks sent.
     calls: u32,
     transport_error: bool,
-    /// A chunk was refused: too late to start.
+    /// An SG_IO was refused: too late to start.
     refused: bool,
 }
 
 impl IoCtx<'_> {
     fn io(&mut self, io: &crate::dma::ChunkIo<'_>) -> Result<SgResult, CmdError> {
-        // Every SG_IO, each chunk of a split command too, starts only
-        // while LIO cannot fail the command back before it ends.
-        if let Err(e) = self
-            .guard
-            .admit(self.seen_after, &self.timing, Stamp::now())
-        {
-            self.refused = true;
-            return Err(e);
-        }
-        let timeout_ms = self.timing.sg_timeout.as_millis().min(u32::MAX as u128) as u32;
-        let r = sg_io(self.fd, self.map, io, timeout_ms, self.sg);
+        let (guard, timing, seen_after) = (self.guard, self.timing, self.seen_after);
+        let mut refused = false;
+        // Every SG_IO, each chunk of a split command and each retry down
+        // another path too, starts only while LIO cannot fail the command
+        // back before it ends.
+        let mut admit = || {
+            guard
+                .admit(seen_after, &timing, Stamp::now())
+                .inspect_err(|_| refused = true)
+        };
+        let mut call = Call {
+            map: self.map,
+            timeout_ms: timing.sg_timeout.as_millis().min(u32::MAX as u128) as u32,
+            scratch: self.sg,
+            admit: &mut admit,
+        };
+        let sent = self.engine.send(io, &mut call);
+        self.refused |= refused;
+        let sent = sent?;
         self.calls += 1;
-        if r.errno != 0 || r.host_status != 0 || r.driver_status & 0x0f != 0 {
-            self.transport_error = true;
+        self.transport_error |= sent.transport_error;
+        if sent.gone.is_some() {
+            self.gone = sent.gone;
         }
-        if let Some(why) = r.device_gone() {
-            self.gone = Some(why);
-        }
-        Ok(r)
+        Ok(sent.result)
     }
 }
 
@@ -426,21 +434,23 @@ impl Device {
 
     /// The timing of a command with this opcode sent to `b` now.
     fn timing(&self, b: &crate::sg::backing::Backing, opcode: u8) -> Timing {
-        Timing::new(
+        Timing::queued(
             self.guard.cmd_time_out(),
             b.timeout_for(opcode),
             b.sg_floor(),
+            b.queueing(),
         )
     }
 
     /// The timing of the current backing device's longest commands
     /// (without one, of a disk's on a block node).
     fn timing_now(&self) -> Timing {
-        let (wanted, floor) = self
-            .backing
-            .sg_params()
-            .unwrap_or((crate::scsi::timeouts::DISK, crate::expiry::BLOCK_SG_FLOOR));
-        Timing::new(self.guard.cmd_time_out(), wanted, floor)
+        let (wanted, floor, queueing) = self.backing.sg_params().unwrap_or((
+            crate::scsi::timeouts::DISK,
+            crate::expiry::BLOCK_SG_FLOOR,
+            Duration::ZERO,
+        ));
+        Timing::queued(self.guard.cmd_time_out(), wanted, floor, queueing)
     }
 
     /// Logs the device's timing: at attach, after a reconfiguration and
@@ -449,9 +459,24 @@ impl Device {
     pub fn log_timing(&self) {
         let t = self.timing_now();
         log::info!("{}: {}", self.label, t.describe());
+        // A transport's recovery wait is the usual culprit on a SAN disk.
+        let transport = if t.queueing.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " (of which {} s the backing transport may hold a command while it \
+                 recovers a lost session: lower the iSCSI sessions' replacement_timeout, \
+                 e.g. `iscsiadm -m node -o update -n node.session.timeo.replacement_timeout \
+                 -v 5` and log in again, or multipath.conf's fast_io_fail_tmo, which \
+                 multipathd applies to its paths' sessions)",
+                t.queueing.as_secs()
+            )
+        };
         if t.window() == Some(Duration::ZERO) {
             log::error!(
-                "{}: cmd_time_out {} s is too short for an SG_IO that may take {:.0} s                  and a {:.0} s margin: every command is refused BUSY; set cmd_time_out                  (before the LUN is exported) to at least {} s, or 0",
+                "{}: cmd_time_out {} s is too short for an SG_IO that may take {:.0} s{transport} \
+                 and a {:.0} s margin: every command is refused BUSY; set cmd_time_out \
+                 (before the LUN is exported) to at least {} s, or 0",
                 self.label,
                 t.cmd_time_out.as_secs(),
                 t.sg_bound.as_secs_f64(),
@@ -460,7 +485,9 @@ impl Device {
             );
         } else if t.lowered {
             log::warn!(
-                "{}: the SG_IO timeout asked for is more than cmd_time_out {} s allows;                  using {:.1} s (raise cmd_time_out before the LUN is exported to give                  the device more)",
+                "{}: the SG_IO timeout asked for is more than cmd_time_out {} s allows{transport}; \
+                 using {:.1} s (raise cmd_time_out before the LUN is exported to give \
+                 the device more)",
                 self.label,
                 t.cmd_time_out.as_secs(),
                 t.sg_timeout.as_secs_f64()
@@ -717,7 +744,7 @@ impl Work for Device {
                     .is_multiple_of(INLINE_SAMPLE)
                     .then(crate::sys::voluntary_switches);
                 let mut ctx = IoCtx {
-                    fd: b.fd(),
+                    engine: b.engine.as_ref(),
                     map: &self.uio.map,
                     timing: self.timing(&b, cmd.cdb[0]),
                     seen_after: cmd.seen_after,

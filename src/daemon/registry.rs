@@ -316,7 +316,12 @@ fn raise_cmd_time_out(
         return now;
     };
     let longest = b.timeouts.longest();
-    let needed = crate::expiry::Timing::cmd_time_out_for(longest, b.sg_floor());
+    let needed = crate::export::needed_cmd_time_out(
+        b.info.params.class,
+        longest,
+        b.sg_floor(),
+        b.queueing(),
+    );
     if now != crate::export::LIO_CMD_TIME_OUT || now >= needed {
         return now;
     }

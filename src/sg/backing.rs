@@ -8,11 +8,13 @@ use std::os::fd::AsRawFd;
 use std::os::linux::fs::MetadataExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::{DevConfig, MAX_INFLIGHT};
 use crate::passthrough::DeviceParams;
 use crate::scsi::direction::DeviceClass;
 use crate::scsi::timeouts::{Reported, Timeouts};
+use crate::sg::engine::{Disk, Engine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackingError {
@@ -22,6 +24,7 @@ pub enum BackingError {
     NotDevice(PathBuf),
     #[error("{0}: not a SCSI device (no scsi_device in sysfs)")]
     NotScsi(PathBuf),
+
     #[error("{0}: is a partition; pass the whole disk")]
     Partition(PathBuf),
     #[error("{path}: bad sysfs value in {file}")]
@@ -66,14 +69,21 @@ pub struct BackingInfo {
     pub params: DeviceParams,
     /// The SCSI device's queue depth (sysfs `device/queue_depth`).
     pub queue_depth: u32,
+    /// How long an SG_IO can wait in the node's queue before its timeout
+    /// starts: the transport's recovery timeout (see [`transport_queueing`]).
+    pub queueing: Duration,
 }
 
 impl BackingInfo {
     pub fn describe(&self) -> String {
         format!(
-            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB, queue depth {}{}",
+            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB, queue depth {}{}{}",
             self.node.display(),
-            if self.block { "block" } else { "sg" },
+            if self.block {
+                "block".to_string()
+            } else {
+                "sg".to_string()
+            },
             self.sg_node
                 .as_ref()
                 .map(|s| format!(", {}", s.display()))
@@ -89,6 +99,14 @@ impl BackingInfo {
                 ""
             } else {
                 ", copied through sg"
+            },
+            if self.queueing.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    ", transport recovery up to {} s",
+                    self.queueing.as_secs()
+                )
             },
         )
     }
@@ -121,6 +139,28 @@ impl std::fmt::Display for Identity {
 }
 
 impl Identity {
+    /// What names the logical unit itself, whichever port it is reached
+    /// through: page 0x83's designators with association 0 (a path's
+    /// page also names its target port and port group, which differ from
+    /// path to path); page 0x80 whole. Paths of a map must agree on it.
+    pub fn unit(&self) -> Vec<u8> {
+        if self.page != 0x83 {
+            return self.bytes.clone();
+        }
+        let mut out = Vec::new();
+        let mut d = self.bytes.as_slice();
+        while d.len() >= 4 {
+            let Some(desc) = d.get(..4 + d[3] as usize) else {
+                break;
+            };
+            if (desc[1] >> 4) & 3 == 0 {
+                out.extend_from_slice(desc);
+            }
+            d = &d[desc.len()..];
+        }
+        out
+    }
+
     /// The unit's name as storage tools print it: from page 0x83 the
     /// logical unit's NAA (`naa.<hex>`), EUI-64 (`eui.<hex>`), SCSI name
     /// string or T10 vendor designator (`t10.<text>`), in that order of
@@ -164,6 +204,12 @@ impl Identity {
         }
         best.map_or_else(|| self.to_string(), |(_, n)| n)
     }
+}
+
+/// Whether two identities name the same logical unit (whichever ports
+/// they were read through; see [`Identity::unit`]).
+pub fn same_unit(a: &Option<Identity>, b: &Option<Identity>) -> bool {
+    a.as_ref().map(Identity::unit) == b.as_ref().map(Identity::unit)
 }
 
 /// Reads the identity of the unit behind `fd` (INQUIRY, EVPD).
@@ -211,7 +257,8 @@ pub fn reported_timeouts(fd: i32) -> Reported {
 /// An open backing device.
 #[derive(Debug)]
 pub struct Backing {
-    pub file: File,
+    /// What sends its commands: one device's node, or a map's paths.
+    pub engine: Box<dyn Engine>,
     pub info: BackingInfo,
     /// SG_IO timeouts by opcode.
     pub timeouts: Timeouts,
@@ -224,8 +271,10 @@ pub struct Backing {
 }
 
 impl Backing {
-    pub fn fd(&self) -> i32 {
-        self.file.as_raw_fd()
+    /// How long an SG_IO may wait in a queue before its timeout starts
+    /// (see [`Engine::queueing`]); part of the stall rule's SG_IO bound.
+    pub fn queueing(&self) -> Duration {
+        self.engine.queueing()
     }
 
     /// The SG_IO timeout of a command with this opcode.
@@ -257,7 +306,7 @@ impl Backing {
     }
 }
 
-fn read_trim(p: &Path) -> Option<String> {
+pub(crate) fn read_trim(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
 
@@ -270,20 +319,98 @@ fn read_num(dir: &Path, file: &str, dev: &Path) -> Result<u64, BackingError> {
         })
 }
 
-/// Resolves and inspects the backing device of `cfg` without opening it.
-/// `sys` is the sysfs root (`/sys` outside tests).
-pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
-    let given = &cfg.path;
+/// A backing path resolved to its node: what it is, for `probe` and for
+/// `mpath` to tell a map from a SCSI device.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The node the path leads to (`/dev/sdb`, `/dev/dm-3`, ...).
+    pub real: PathBuf,
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Resolved {
+    /// The node's directory under `sys` (`dev/block/M:m` or `dev/char/M:m`).
+    pub fn sysfs(&self, sys: &Path) -> PathBuf {
+        sys.join(format!(
+            "dev/{}/{}:{}",
+            if self.block { "block" } else { "char" },
+            self.major,
+            self.minor
+        ))
+    }
+}
+
+/// Follows `given` (a link under /dev) to its device node.
+pub fn resolve(given: &Path, sys: &Path) -> Result<Resolved, BackingError> {
     let real = fs::canonicalize(given).map_err(io_err(given))?;
     if !real.starts_with("/dev/") && sys == Path::new("/sys") {
-        return Err(BackingError::NotDevice(given.clone()));
+        return Err(BackingError::NotDevice(given.to_path_buf()));
     }
     let md = fs::metadata(&real).map_err(io_err(given))?;
     let ft = md.file_type();
+    if !ft.is_block_device() && !ft.is_char_device() {
+        return Err(BackingError::NotDevice(given.to_path_buf()));
+    }
     let rdev = md.st_rdev();
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let (blockdir, sg_dir) = if ft.is_block_device() {
-        let d = sys.join(format!("dev/block/{major}:{minor}"));
+    Ok(Resolved {
+        real,
+        block: ft.is_block_device(),
+        major: libc::major(rdev),
+        minor: libc::minor(rdev),
+    })
+}
+
+/// How long an SG_IO can wait in the queue of the SCSI device at
+/// `scsi_dev` (its sysfs `device` directory) before its timeout starts.
+/// While a transport recovers a lost session it blocks the device's queue:
+/// a command submitted then is not started, so its timeout does not run,
+/// until the session is back (the command then reaches the device, late)
+/// or the transport gives up (iSCSI: `recovery_tmo`, the initiator's
+/// `replacement_timeout`; FC: `fast_io_fail_tmo`, else `dev_loss_tmo`).
+/// Zero for transports without such a wait (SAS, tcm_loop, virtio).
+pub fn transport_queueing(scsi_dev: &Path, sys: &Path) -> Duration {
+    let Ok(real) = scsi_dev.canonicalize() else {
+        return Duration::ZERO;
+    };
+    let secs = |p: PathBuf| read_trim(&p).and_then(|v| v.parse::<u64>().ok());
+    for c in real.components() {
+        let c = c.as_os_str().to_string_lossy();
+        if c.starts_with("session") {
+            let tmo = secs(
+                sys.join("class/iscsi_session")
+                    .join(&*c)
+                    .join("recovery_tmo"),
+            );
+            return Duration::from_secs(tmo.unwrap_or(120));
+        }
+        if c.starts_with("rport-") {
+            let d = sys.join("class/fc_remote_ports").join(&*c);
+            let tmo = secs(d.join("fast_io_fail_tmo")).or_else(|| secs(d.join("dev_loss_tmo")));
+            return Duration::from_secs(tmo.unwrap_or(60));
+        }
+    }
+    Duration::ZERO
+}
+
+/// Resolves and inspects the backing device of `cfg` without opening it.
+/// `sys` is the sysfs root (`/sys` outside tests).
+pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
+    let r = resolve(&cfg.path, sys)?;
+    probe_resolved(cfg, &r, sys)
+}
+
+/// [`probe`] of a path already resolved.
+pub fn probe_resolved(
+    cfg: &DevConfig,
+    r: &Resolved,
+    sys: &Path,
+) -> Result<BackingInfo, BackingError> {
+    let given = &cfg.path;
+    let real = &r.real;
+    let (blockdir, sg_dir) = if r.block {
+        let d = r.sysfs(sys);
         if d.join("partition").exists() {
             return Err(BackingError::Partition(given.clone()));
         }
@@ -293,8 +420,8 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
             .and_then(|e| e.ok())
             .map(|e| sys.join("class/scsi_generic").join(e.file_name()));
         (Some(d), sg)
-    } else if ft.is_char_device() {
-        let d = sys.join(format!("dev/char/{major}:{minor}"));
+    } else {
+        let d = r.sysfs(sys);
         let subsystem = fs::read_link(d.join("subsystem")).ok();
         if subsystem.as_ref().and_then(|s| s.file_name()) != Some("scsi_generic".as_ref()) {
             return Err(BackingError::NotScsi(given.clone()));
@@ -305,8 +432,6 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
             .and_then(|e| e.ok())
             .map(|e| sys.join("class/block").join(e.file_name()));
         (blk, Some(d))
-    } else {
-        return Err(BackingError::NotDevice(given.clone()));
     };
     let scsi_dev = blockdir
         .as_ref()
@@ -356,7 +481,7 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
     } else {
         // An sg-only device (tape, changer): the limit comes from BLKSECTGET
         // on the sg node, which reports bytes there.
-        let f = File::open(&real).map_err(io_err(given))?;
+        let f = File::open(real).map_err(io_err(given))?;
         let mut max = crate::sg::io::blksectget(f.as_raw_fd())
             .unwrap_or(65536)
             .max(512);
@@ -384,34 +509,51 @@ pub fn probe(cfg: &DevConfig, sys: &Path) -> Result<BackingInfo, BackingError> {
         blocks,
         params,
         queue_depth,
+        queueing: transport_queueing(&scsi_dev, sys),
     })
 }
 
-/// Probes and opens the backing device. The block node is opened
-/// exclusively so nothing mounts the disk under the initiator's feet.
+/// Opens the node `info` describes for SG_IO. `exclusive`: a block node
+/// is opened with O_EXCL, so that nothing mounts the disk under the
+/// initiator's feet (a map's paths are held by the map and opened without).
+pub fn open_node(info: &BackingInfo, exclusive: bool) -> Result<File, BackingError> {
+    let mut flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if info.block && exclusive {
+        flags |= libc::O_EXCL;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(&info.node)
+        .map_err(io_err(&info.node))
+}
+
+/// Probes and opens a single SCSI device (see [`open_node`]).
 pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
     let info = probe(cfg, Path::new("/sys"))?;
-    let mut o = OpenOptions::new();
-    o.read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK);
-    if info.block {
-        o.custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_EXCL);
-    }
-    let file = o.open(&info.node).map_err(io_err(&info.node))?;
-    let identity = identity(file.as_raw_fd());
+    let file = open_node(&info, true)?;
+    let queueing = info.queueing;
+    Ok(finish_open(cfg, info, Box::new(Disk { file, queueing })))
+}
+
+/// A [`Backing`] around an open engine: reads the unit's identity and,
+/// for a device that reports them, its command timeouts.
+pub fn finish_open(cfg: &DevConfig, info: BackingInfo, engine: Box<dyn Engine>) -> Backing {
+    let fd = engine.query_fd();
+    let identity = identity(fd);
     let mut timeouts = timeouts_of(cfg, info.params.class);
     if timeouts.asks_the_device() {
-        timeouts.reported = reported_timeouts(file.as_raw_fd());
+        timeouts.reported = reported_timeouts(fd);
     }
-    Ok(Backing {
-        file,
+    Backing {
+        engine,
         info,
         timeouts,
         max_inflight: cfg.max_inflight,
         cfg: cfg.clone(),
         identity,
-    })
+    }
 }
 
 /// The timeouts a config string sets for a device of this class (before
@@ -419,14 +561,6 @@ pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
 pub fn timeouts_of(cfg: &DevConfig, class: DeviceClass) -> Timeouts {
     let secs = |t: Option<u32>| t.map(|t| std::time::Duration::from_secs(t as u64));
     Timeouts::new(class, secs(cfg.timeout_s), secs(cfg.long_timeout_s))
-}
-
-/// For `check-config` and targetcli's CheckConfig: parses and probes
-/// without opening the device.
-pub fn check_config(cfg: &str) -> Result<String, String> {
-    let c = crate::config::parse(cfg).map_err(|e| e.to_string())?;
-    let info = probe(&c, Path::new("/sys")).map_err(|e| e.to_string())?;
-    Ok(format!("sg: {}", info.describe()))
 }
 
 #[cfg(test)]
@@ -460,6 +594,13 @@ mod tests {
             "VPD 0x83 0103002001"
         );
         assert_eq!(id(0x80, b"  SER123  ").name(), "SER123");
+        // The unit's own designators: the target port's are left out.
+        let unit = id(0x83, &b).unit();
+        assert_eq!(unit.len(), 16 + 12);
+        let mut other_port = b.clone();
+        other_port[b.len() - 1] = 2; // relative target port 2
+        assert_eq!(id(0x83, &other_port).unit(), unit);
+        assert_ne!(id(0x83, &other_port), id(0x83, &b));
         assert_eq!(id(0x80, b"SER\x1b[2J123\0").name(), "SER [2J123");
     }
 

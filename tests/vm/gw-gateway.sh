@@ -39,6 +39,12 @@ iscsid || bad "iscsid starts"
 if [ "$MODE" = first ]; then
     iscsiadm -m node -T $STORAGE -p 10.0.2.2:$BASE -o new > /dev/null
     iscsiadm -m node -T $STORAGE -p 10.0.2.2:$BASE -o update -n node.startup -v automatic
+    # A lost storage session holds the gateway's commands in its queue
+    # until it recovers or this runs out; tcmu-sg counts it into every
+    # command's time (iscsid's default, 120 s, leaves none under a
+    # cmd_time_out a gateway can use).
+    iscsiadm -m node -T $STORAGE -p 10.0.2.2:$BASE -o update \
+        -n node.session.timeo.replacement_timeout -v 5
 fi
 iscsiadm -m node --loginall=automatic > /dev/null 2>&1 || bad "log in to the storage"
 udevadm trigger; udevadm settle
@@ -55,12 +61,13 @@ if [ "$MODE" = reboot ]; then
     check "LIO's saved configuration restored whole" bash -c "! grep -qi 'skipped\|could not' /vm-out/$NAME-restore.txt"
 fi
 if [ "$MODE" = first ]; then
-    # cmd_time_out 12 s and SG_IO timeouts of 3 s (7 s through the block
-    # node): a stalled or dead daemon's commands fail back in 12 s, before
-    # the initiator's 30 s SCSI timeout, and the stale-command window is 3 s.
+    # cmd_time_out 18 s and SG_IO timeouts of 3 s (7 s through the block
+    # node, 12 s with the storage session's 5 s recovery): a stalled or
+    # dead daemon's commands fail back in 18 s, before the initiator's
+    # 30 s SCSI timeout, and the stale-command window is 3 s.
     IQN=$(timeout 90 "$BIN" export --name "$NAME" --fabric iscsi --portal 0.0.0.0:3260 \
         --initiator $INITIATOR --attrib pgr_support=0 --attrib alua_support=0 \
-        --attrib cmd_time_out=12 --options timeout_s=3 "$BACK") || { bad "export $NAME"; finish; }
+        --attrib cmd_time_out=18 --options timeout_s=3 "$BACK") || { bad "export $NAME"; finish; }
     echo "$NAME: exports $IQN"
     targetcli saveconfig > /dev/null 2>&1 || bad "targetcli saveconfig"
     cp -a /etc/iscsi/nodes "$KEEP/"

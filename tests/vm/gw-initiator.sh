@@ -201,7 +201,7 @@ ask gw2 kill9
 t_kill=$(date +%s.%N)
 check "kill -9 of gw2's daemon: its path fails" \
     wait_for 40 bash -c "[ \"\$(multipathd show paths format '%d %t' | grep -c active)\" -eq 1 ]"
-echo "$(at) gw2's path failed $(python3 -c "print(round($(date +%s.%N) - $t_kill, 1))") s after the kill (cmd_time_out 12 s)"
+echo "$(at) gw2's path failed $(python3 -c "print(round($(date +%s.%N) - $t_kill, 1))") s after the kill (cmd_time_out 18 s)"
 wait $FIO_PID; rc=$?
 check "  fio verify carries on through gw1 without an error" fio_passed kill9 $rc
 ask gw2 start
@@ -210,7 +210,7 @@ check "  gw2's daemon started again: its path returns" \
 
 # --- 4. a stalled daemon ----------------------------------------------------------
 # gw1's daemon stops; a fio pass through the map hangs on gw1's path until
-# LIO fails its commands back (12 s), the path fails over, a second pass
+# LIO fails its commands back (18 s), the path fails over, a second pass
 # writes newer data everywhere through gw2; the daemon resumes. The
 # region must read the same on the storage before and after the resume
 # (a stale WRITE of the first pass would change it), and hold the second
