@@ -39,6 +39,10 @@ pub enum CmdError {
     /// holds the command, the initiator retries it.
     #[error("waited {waited:?} since the ring read before it; too late to start")]
     Expired { waited: Duration },
+    /// No path of the multipath map could take the command for as long as
+    /// it could wait (its SG_IO timeout, where commands never expire).
+    #[error("no usable path of map {map} for {waited:?}")]
+    NoPath { map: String, waited: Duration },
 }
 
 impl CmdError {
@@ -54,7 +58,7 @@ impl CmdError {
             CmdError::Bidirectional => code::INVALID_OPCODE,
             CmdError::ProtectedSplit(_) | CmdError::Dif => code::INVALID_FIELD,
             CmdError::NotReady(_) => code::NOT_READY_MANUAL_INTERVENTION,
-            CmdError::Lost(_) => code::LUN_NOT_RESPONDING,
+            CmdError::Lost(_) | CmdError::NoPath { .. } => code::LUN_NOT_RESPONDING,
             CmdError::Expired { .. } => return None,
         })
     }
@@ -96,6 +100,10 @@ mod tests {
             CmdError::Dif,
             CmdError::NotReady("x".into()),
             CmdError::Lost("x".into()),
+            CmdError::NoPath {
+                map: "mpatha".into(),
+                waited: Duration::from_secs(20),
+            },
         ];
         for e in errs {
             let o = e.outcome();
@@ -115,6 +123,13 @@ mod tests {
             CmdError::Lost("x".into()).sense_code(),
             Some(code::LUN_NOT_RESPONDING)
         );
+        // A map without a path answers as a lost unit, never as a medium
+        // error: the initiator (or its own multipath) tries again.
+        let e = CmdError::NoPath {
+            map: "mpatha".into(),
+            waited: Duration::from_secs(20),
+        };
+        assert_eq!(e.sense_code(), Some(code::LUN_NOT_RESPONDING));
     }
 
     #[test]

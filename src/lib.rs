@@ -19,6 +19,7 @@ pub mod error;
 pub mod expiry;
 pub mod export;
 pub mod inspect;
+pub mod mpath;
 pub mod passthrough;
 pub mod settings;
 pub mod stats;

@@ -58,6 +58,50 @@ pub struct DeviceReport {
     pub counters: Counters,
     /// Over the last interval.
     pub last: Counters,
+    /// A multipath map's paths and failovers (none for a single device).
+    pub multipath: Option<MapReport>,
+}
+
+/// A dm-multipath backing device (see `mpath`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MapReport {
+    /// dm's name of the map.
+    pub name: String,
+    /// Whether dm's view of the paths could be read.
+    pub dm_view: String,
+    /// How dm learns of a path tcmu-sg found failed.
+    pub dm_told_by: String,
+    /// dm's table queues I/O when no path is left (tcmu-sg does not send
+    /// through dm, so this never holds its commands).
+    pub queue_if_no_path: Option<bool>,
+    /// SG_IOs sent again down another path after a path error.
+    pub retries: u64,
+    /// Paths taken out of use after a path error, and brought back.
+    pub failovers: u64,
+    pub reinstated: u64,
+    /// Commands that found no usable path for as long as they could wait.
+    pub no_path: u64,
+    /// The reservation key the initiator registered through the map.
+    pub reservation_key: Option<String>,
+    pub paths: Vec<PathReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathReport {
+    /// `sdX` and `major:minor`.
+    pub name: String,
+    pub dev: String,
+    /// `active`, `failed`, `returning`, `registering`, `dm-failed`,
+    /// `offline` or `standby`.
+    pub state: String,
+    /// dm's view: `active`, `failed` or `unknown`.
+    pub dm: String,
+    pub commands: u64,
+    pub errors: u64,
+    /// Why it is out of use, and since when.
+    pub why: String,
 }
 
 impl DeviceReport {
@@ -158,6 +202,42 @@ pub fn table(r: &Report) -> String {
             d.counters.errors(),
             d.counters.stale_refused,
         );
+        if let Some(m) = &d.multipath {
+            let _ = writeln!(
+                out,
+                "        map {}: {} path retries, {} failovers, {} reinstated{}{}",
+                m.name,
+                m.retries,
+                m.failovers,
+                m.reinstated,
+                m.reservation_key
+                    .as_ref()
+                    .map(|k| format!(", reservation key {k}"))
+                    .unwrap_or_default(),
+                if m.dm_view == "read" {
+                    String::new()
+                } else {
+                    format!(", dm's view {}", m.dm_view)
+                }
+            );
+            for p in &m.paths {
+                let _ = writeln!(
+                    out,
+                    "          path {:<8} {:<8} {:<12} dm {:<8} {:>10} commands {:>6} errors{}",
+                    p.name,
+                    p.dev,
+                    p.state,
+                    p.dm,
+                    p.commands,
+                    p.errors,
+                    if p.why.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", p.why)
+                    }
+                );
+            }
+        }
     }
     out
 }
@@ -236,6 +316,31 @@ pub fn prometheus(r: &Report) -> String {
         "LIO's cmd_time_out for the device (0: never).",
     );
     family("latency_seconds", "histogram", "Ring read to completion.");
+    family(
+        "path_retries_total",
+        "counter",
+        "A multipath map: SG_IOs sent again down another path after a path error.",
+    );
+    family(
+        "path_failovers_total",
+        "counter",
+        "A multipath map: paths taken out of use after a path error.",
+    );
+    family(
+        "path_up",
+        "gauge",
+        "A multipath map's path: 1 while commands may go down it.",
+    );
+    family(
+        "path_commands_total",
+        "counter",
+        "A multipath map's path: SG_IOs sent down it.",
+    );
+    family(
+        "path_errors_total",
+        "counter",
+        "A multipath map's path: path errors it gave.",
+    );
     for d in &r.devices {
         let l = format!(
             "device=\"{}\",uio=\"{}\",backing=\"{}\"",
@@ -297,6 +402,19 @@ pub fn prometheus(r: &Report) -> String {
             "tcmu_sg_latency_seconds_sum{{{l}}} {}",
             c.latency_sum_us as f64 / 1e6
         );
+        if let Some(mp) = &d.multipath {
+            let mut m = |name: &str, extra: &str, v: u64| {
+                let _ = writeln!(o, "tcmu_sg_{name}{{{l}{extra}}} {v}");
+            };
+            m("path_retries_total", "", mp.retries);
+            m("path_failovers_total", "", mp.failovers);
+            for p in &mp.paths {
+                let pl = format!(",path=\"{}\"", label(&p.name));
+                m("path_up", &pl, u64::from(p.state == "active"));
+                m("path_commands_total", &pl, p.commands);
+                m("path_errors_total", &pl, p.errors);
+            }
+        }
     }
     o
 }
@@ -397,6 +515,67 @@ mod tests {
             .collect();
         assert!(b.windows(2).all(|w| w[0] <= w[1]));
         assert!(label("a\"b\\c").contains("\\\"") && label("a\"b\\c").contains("\\\\"));
+    }
+
+    #[test]
+    fn a_maps_paths_are_shown_under_its_device() {
+        let mut r = report();
+        r.devices[0].multipath = Some(MapReport {
+            name: "mpatha".into(),
+            dm_view: "read".into(),
+            retries: 3,
+            failovers: 1,
+            reinstated: 1,
+            reservation_key: Some("0x123abc".into()),
+            paths: vec![
+                PathReport {
+                    name: "sdb".into(),
+                    dev: "8:16".into(),
+                    state: "active".into(),
+                    dm: "active".into(),
+                    commands: 500,
+                    ..PathReport::default()
+                },
+                PathReport {
+                    name: "sdc".into(),
+                    dev: "8:32".into(),
+                    state: "failed".into(),
+                    dm: "failed".into(),
+                    commands: 7,
+                    errors: 2,
+                    why: "host status DID_TRANSPORT_DISRUPTED (3 s ago)".into(),
+                },
+            ],
+            ..MapReport::default()
+        });
+        let t = table(&r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[3].contains("map mpatha: 3 path retries, 1 failovers"),
+            "{t}"
+        );
+        assert!(lines[3].contains("reservation key 0x123abc"), "{t}");
+        assert!(
+            lines[4].contains("path sdb") && lines[4].contains("active"),
+            "{t}"
+        );
+        assert!(lines[5].contains("sdc") && lines[5].contains("DID_TRANSPORT_DISRUPTED"));
+        let p = prometheus(&r);
+        let l = "device=\"user_1/d0\",uio=\"uio0\",backing=\"/dev/sdb\"";
+        assert!(
+            p.contains(&format!("tcmu_sg_path_retries_total{{{l}}} 3\n")),
+            "{p}"
+        );
+        assert!(p.contains(&format!("tcmu_sg_path_up{{{l},path=\"sdb\"}} 1\n")));
+        assert!(p.contains(&format!("tcmu_sg_path_up{{{l},path=\"sdc\"}} 0\n")));
+        assert!(p.contains(&format!(
+            "tcmu_sg_path_errors_total{{{l},path=\"sdc\"}} 2\n"
+        )));
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(
+            back.devices[0].multipath.as_ref().unwrap().paths[1].errors,
+            2
+        );
     }
 
     #[test]

@@ -40,6 +40,12 @@ section "VM end-to-end tests: targetcli, iSCSI, reservations, tcmu-runner"
 bash tests/vm/run-vm.sh tests/vm/e2e-users.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
 section "VM end-to-end tests: reliability (restart under load, lost and hung disks, TMR)"
 bash tests/vm/run-vm.sh tests/vm/e2e-reliability.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
+# A multipathed SAN unit as the backing device, on 6.1 (dm told with
+# fail_path) and on 7.x (DM_MPATH_PROBE_PATHS).
+for k in bookworm trixie-backports; do
+    section "VM end-to-end tests: a dm-multipath map as the backing device ($k's kernel)"
+    TCMU_SG_VM_KERNEL=$k bash tests/vm/run-vm.sh tests/vm/e2e-mpath.sh "$PWD/target/release/tcmu-sg"
+done
 section "VM end-to-end tests: a JBOD of 64 LUNs on one daemon"
 bash tests/vm/run-vm.sh tests/vm/e2e-jbod.sh "$PWD/target/release/tcmu-sg"
 section "VM end-to-end tests: gateways in pairs (two gateway VMs, dm-multipath on a third)"

@@ -1,13 +1,23 @@
-//! The SG_IO result -> status/sense/residual mapping. Properties: CHECK
-//! CONDITION always carries sense that decodes; the device's own sense, when
-//! well formed, passes byte for byte; the residual never exceeds the
-//! transfer; a failed ioctl transfers nothing.
+//! The SG_IO result -> status/sense/residual mapping, and a map's verdict
+//! on it. Properties: CHECK CONDITION always carries sense that decodes;
+//! the device's own sense, when well formed, passes byte for byte; the
+//! residual never exceeds the transfer; a failed ioctl transfers nothing;
+//! a status the device returned (other than CHECK CONDITION) is never a
+//! path error; a path error is never answered as a medium error. And the
+//! parsers of what a device returns to the handler's own queries (READ
+//! KEYS, VPD 0x83) never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tcmu_sg::scsi::sense::{decode, outcome, sense_len, status, SgResult};
+use tcmu_sg::mpath::{pr::parse_keys, verdict::path_error};
+use tcmu_sg::scsi::sense::{decode, key, outcome, sense_len, status, SgResult};
+use tcmu_sg::sg::backing::Identity;
 
 fuzz_target!(|data: &[u8]| {
+    let _ = parse_keys(data);
+    let id = Identity { page: 0x83, bytes: data.to_vec() };
+    assert!(id.unit().len() <= data.len());
+    let _ = id.name();
     if data.len() < 16 {
         return;
     }
@@ -36,5 +46,14 @@ fuzz_target!(|data: &[u8]| {
         {
             assert_eq!(&o.sense[..own], &r.sense[..own], "the device's sense passes unchanged");
         }
+    }
+    let verdict = path_error(&r);
+    if errno == 0 && r.host_status == 0 && r.driver_status & 0x0f != 0x06
+        && r.status != status::CHECK_CONDITION
+    {
+        assert!(verdict.is_none(), "the device's status {:#x} taken for a path error", r.status);
+    }
+    if verdict.is_some() && o.status == status::CHECK_CONDITION {
+        assert_ne!(o.sense[2] & 0x0f, key::MEDIUM_ERROR, "a path error answered as a medium error");
     }
 });

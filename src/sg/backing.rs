@@ -1,7 +1,8 @@
 //! Opening a backing SCSI device: resolve `/dev/sdX`, `/dev/sgN` and
 //! `/dev/disk/by-*` links to the block node where one exists (the block
 //! layer maps SG_IO iovecs without a copy; sg copies through kernel
-//! buffers), and read the device's limits from sysfs.
+//! buffers), and read the device's limits from sysfs. A dm-multipath map
+//! is opened by `mpath`, which probes each of its paths here.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -24,7 +25,15 @@ pub enum BackingError {
     NotDevice(PathBuf),
     #[error("{0}: not a SCSI device (no scsi_device in sysfs)")]
     NotScsi(PathBuf),
-
+    #[error(
+        "{path}: a device-mapper device with a {target} table; of device-mapper \
+         devices only dm-multipath maps can be served (give the map, or one SCSI disk)"
+    )]
+    NotMultipath { path: PathBuf, target: String },
+    #[error("{path}: {why}")]
+    Map { path: PathBuf, why: String },
+    #[error("{0}: the multipath map has no paths (yet)")]
+    NoPaths(PathBuf),
     #[error("{0}: is a partition; pass the whole disk")]
     Partition(PathBuf),
     #[error("{path}: bad sysfs value in {file}")]
@@ -40,6 +49,7 @@ impl BackingError {
                 err.kind() == std::io::ErrorKind::NotFound
                     || matches!(err.raw_os_error(), Some(libc::ENXIO | libc::ENODEV))
             }
+            BackingError::NoPaths(_) => true,
             _ => false,
         }
     }
@@ -72,6 +82,8 @@ pub struct BackingInfo {
     /// How long an SG_IO can wait in the node's queue before its timeout
     /// starts: the transport's recovery timeout (see [`transport_queueing`]).
     pub queueing: Duration,
+    /// A map's paths (`sdX`), empty for a single device.
+    pub paths: Vec<String>,
 }
 
 impl BackingInfo {
@@ -79,7 +91,9 @@ impl BackingInfo {
         format!(
             "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB, queue depth {}{}{}",
             self.node.display(),
-            if self.block {
+            if !self.paths.is_empty() {
+                format!("multipath map over {}", self.paths.join(", "))
+            } else if self.block {
                 "block".to_string()
             } else {
                 "sg".to_string()
@@ -510,6 +524,7 @@ pub fn probe_resolved(
         params,
         queue_depth,
         queueing: transport_queueing(&scsi_dev, sys),
+        paths: Vec::new(),
     })
 }
 

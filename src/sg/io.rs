@@ -176,6 +176,25 @@ pub fn sg_io_in(fd: RawFd, cdb: &[u8], buf: &mut [u8], timeout_ms: u32) -> SgRes
     unsafe { issue(fd, cdb, dir, p, 0, buf.len() as u32, timeout_ms) }
 }
 
+/// A data-out command from `buf` (process memory): for the handler's own
+/// commands, such as a reservation key registered down another path.
+pub fn sg_io_out(fd: RawFd, cdb: &[u8], buf: &[u8], timeout_ms: u32) -> SgResult {
+    if cdb.len() > 255 || buf.len() > u32::MAX as usize {
+        let mut res = SgResult::good();
+        res.errno = libc::EINVAL;
+        return res;
+    }
+    let (dir, p) = if buf.is_empty() {
+        (SG_DXFER_NONE, std::ptr::null_mut())
+    } else {
+        (SG_DXFER_TO_DEV, buf.as_ptr() as *mut libc::c_void)
+    };
+    // SAFETY: p is null or buf's start, readable for buf.len() bytes while
+    // buf is borrowed here (the kernel only reads a data-out buffer);
+    // cdb.len() <= 255 was checked.
+    unsafe { issue(fd, cdb, dir, p, 0, buf.len() as u32, timeout_ms) }
+}
+
 fn sg_dir(d: Direction) -> libc::c_int {
     match d {
         Direction::ToDevice => SG_DXFER_TO_DEV,
