@@ -127,7 +127,10 @@ impl Checker {
                     // Tested (and registered) before it is used.
                     p.set_own(Own::Failed);
                     *p.failed.lock().unwrap() = Some((Instant::now(), "joined the map".into()));
-                    p.set_in_step(!m.pr.lock().unwrap().touched);
+                    // While a reservation change is under way it is not
+                    // known yet: brought in step in any case.
+                    let untouched = m.pr.try_lock().is_ok_and(|st| !st.touched);
+                    p.set_in_step(untouched);
                     m.add_path(p);
                     self.refused.retain(|n| n != new);
                 }
@@ -217,13 +220,18 @@ impl Checker {
             *p.failed.lock().unwrap() = None;
         }
         if !p.in_step() && p.usable_ignoring_step().is_some() {
-            if let Err(e) = m.bring_in_step(p) {
-                log::warn!(
-                    "{}: path {} cannot be brought in step with the reservation: {e}",
-                    m.label(),
-                    p.name
-                );
-                return;
+            match m.bring_in_step(p) {
+                Ok(true) => {}
+                // A reservation change is under way: at the next look.
+                Ok(false) => return,
+                Err(e) => {
+                    log::warn!(
+                        "{}: path {} cannot be brought in step with the reservation: {e}",
+                        m.label(),
+                        p.name
+                    );
+                    return;
+                }
             }
         }
         if p.usable().is_some() {

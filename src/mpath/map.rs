@@ -301,7 +301,11 @@ impl Multipath {
     /// The map and its paths for a status report.
     pub fn report(&self) -> MapReport {
         let now = Instant::now();
-        let pr = self.pr.lock().unwrap();
+        // Not waited for: a reservation change may be waiting for a path.
+        let key = match self.pr.try_lock() {
+            Ok(st) => st.key.map(|k| format!("{k:#x}")),
+            Err(_) => Some("(being changed)".into()),
+        };
         MapReport {
             name: self.name.clone(),
             dm_view: match self.dm_view.load(Ordering::Relaxed) {
@@ -326,7 +330,7 @@ impl Multipath {
             failovers: self.stats.failovers.load(Ordering::Relaxed),
             reinstated: self.stats.reinstated.load(Ordering::Relaxed),
             no_path: self.stats.no_path.load(Ordering::Relaxed),
-            reservation_key: pr.key.map(|k| format!("{k:#x}")),
+            reservation_key: key,
             paths: self
                 .paths()
                 .iter()

@@ -244,9 +244,14 @@ impl Multipath {
     }
 
     /// The checker's catch-up of one path that missed a change: true once
-    /// it is in step. Its own commands, not the initiator's: no stall rule.
-    pub fn bring_in_step(&self, p: &Path) -> Result<(), String> {
-        let mut st = self.pr.lock().unwrap();
+    /// it is in step, false if a change is under way (the checker never
+    /// waits for one: the initiator's command may be waiting for a path
+    /// the checker is to bring back). Its own commands, not the
+    /// initiator's: no stall rule.
+    pub fn bring_in_step(&self, p: &Path) -> Result<bool, String> {
+        let Ok(mut st) = self.pr.try_lock() else {
+            return Ok(false);
+        };
         if let Some(k) = st.key {
             let mut buf = vec![0u8; 8192];
             let cdb = [PR_IN, 0x00, 0, 0, 0, 0, 0, 0x20, 0x00, 0];
@@ -265,11 +270,11 @@ impl Multipath {
                 st.key = None;
                 self.tell_multipathd(&st);
                 p.set_in_step(true);
-                return Ok(());
+                return Ok(true);
             }
         } else if !st.touched {
             p.set_in_step(true);
-            return Ok(());
+            return Ok(true);
         }
         let (cdb, prm) = register_ignore(st.key, st.flags);
         let r = sg_io_out(p.fd(), &cdb, &prm, OWN_TIMEOUT_MS);
@@ -291,7 +296,7 @@ impl Multipath {
             st.key.map(|k| format!(" {k:#x}")).unwrap_or_default()
         );
         p.set_in_step(true);
-        Ok(())
+        Ok(true)
     }
 
     /// Tells multipathd the key (best effort: without multipathd, or
@@ -358,6 +363,33 @@ mod tests {
         assert!(is_pr_out(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0]));
         assert!(!is_pr_out(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 24, 0]));
         assert!(!is_pr_out(&[]));
+    }
+
+    #[test]
+    fn the_checker_never_waits_for_a_reservation_change() {
+        // A PR OUT holding the lock may be waiting for a path only the
+        // checker can bring back: the catch-up steps aside, and so does
+        // the status report.
+        let m = Multipath::new("mpatha".into(), "dm-0".into(), "/nonexistent".into(), None);
+        m.add_path(Path::new(
+            "sdz".into(),
+            "8:240".into(),
+            std::fs::File::open("/dev/null").unwrap(),
+            std::time::Duration::ZERO,
+        ));
+        let p = m.paths()[0].clone();
+        p.set_in_step(false);
+        let held = m.pr.lock().unwrap();
+        assert_eq!(m.bring_in_step(&p), Ok(false));
+        assert!(!p.in_step());
+        assert_eq!(
+            m.report().reservation_key.as_deref(),
+            Some("(being changed)")
+        );
+        drop(held);
+        // Untouched, nothing to do: in step at once, without a command.
+        assert_eq!(m.bring_in_step(&p), Ok(true));
+        assert!(p.in_step());
     }
 
     #[test]
