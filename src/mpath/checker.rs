@@ -285,47 +285,14 @@ fn running_kernel() -> String {
 /// else nothing (multipathd's checker finds them).
 fn tell_dm(m: &Multipath) {
     if m.tell.load(Ordering::Relaxed) == tell::UNKNOWN && !kernel_has_probe(&running_kernel()) {
-        let next = if m.dm_view.load(Ordering::Relaxed) == dm_view::DENIED {
-            tell::CHECKER
-        } else {
-            tell::FAIL_PATH
-        };
-        m.tell.store(next, Ordering::Relaxed);
-        log::info!(
-            "{}: this kernel ({}) has no DM_MPATH_PROBE_PATHS (Linux 6.16); dm is told of \
-             a failed path {}",
-            m.label(),
-            running_kernel(),
-            if next == tell::FAIL_PATH {
-                "with fail_path"
-            } else {
-                "by multipathd's checker"
-            }
-        );
+        without_probe(m, &format!("this kernel ({})", running_kernel()));
     }
     let how = m.tell.load(Ordering::Relaxed);
     if how == tell::UNKNOWN || how == tell::PROBE {
         let node = std::path::Path::new("/dev").join(&m.kname);
         let probed = std::fs::File::open(&node).and_then(|f| dm::probe_paths(&f));
         match probed {
-            Ok(dm::Probe::Unsupported) => {
-                let next = if m.dm_view.load(Ordering::Relaxed) == dm_view::DENIED {
-                    tell::CHECKER
-                } else {
-                    tell::FAIL_PATH
-                };
-                m.tell.store(next, Ordering::Relaxed);
-                log::info!(
-                    "{}: this kernel has no DM_MPATH_PROBE_PATHS (Linux 6.16); dm is told of \
-                     a failed path {}",
-                    m.label(),
-                    if next == tell::FAIL_PATH {
-                        "with fail_path"
-                    } else {
-                        "by multipathd's checker"
-                    }
-                );
-            }
+            Ok(dm::Probe::Unsupported) => without_probe(m, "the map's node"),
             Ok(r) => {
                 m.tell.store(tell::PROBE, Ordering::Relaxed);
                 log::info!("{}: DM_MPATH_PROBE_PATHS: {r:?}", m.label());
@@ -351,6 +318,25 @@ fn tell_dm(m: &Multipath) {
             }
         }
     }
+}
+
+/// dm is told some other way than the probe ioctl (`who` has none).
+fn without_probe(m: &Multipath, who: &str) {
+    let next = if m.dm_view.load(Ordering::Relaxed) == dm_view::DENIED {
+        tell::CHECKER
+    } else {
+        tell::FAIL_PATH
+    };
+    m.tell.store(next, Ordering::Relaxed);
+    log::info!(
+        "{}: {who} has no DM_MPATH_PROBE_PATHS (Linux 6.16); dm is told of a failed path {}",
+        m.label(),
+        if next == tell::FAIL_PATH {
+            "with fail_path"
+        } else {
+            "by multipathd's checker"
+        }
+    );
 }
 
 #[cfg(test)]

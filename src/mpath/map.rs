@@ -260,27 +260,18 @@ impl Multipath {
             };
             let r = sg(&p, call);
             p.sent.fetch_add(1, Ordering::Relaxed);
-            let Some(e) = path_error(&r) else {
-                transport |= r.errno != 0 || r.host_status != 0 || r.driver_status & 0x0f != 0;
-                let s = Sent {
-                    result: r,
-                    gone: None,
-                    retries,
-                    transport_error: transport,
-                };
-                return Ok((s, Some(p)));
-            };
-            transport = true;
-            self.path_failed(&p, e);
-            if retries == MAX_RETRIES {
-                let s = Sent {
-                    result: r,
-                    gone: None,
-                    retries,
-                    transport_error: true,
-                };
+            let verdict = path_error(&r);
+            if let Some(e) = verdict {
+                self.path_failed(&p, e);
+            }
+            if verdict.is_none() || retries == MAX_RETRIES {
+                let mut s = Sent::once(r);
+                s.retries = retries;
+                s.transport_error |= transport;
+                s.gone = None;
                 return Ok((s, Some(p)));
             }
+            transport = true;
             retries += 1;
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
         }

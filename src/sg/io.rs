@@ -161,38 +161,45 @@ unsafe fn issue(
 /// A data-in command into `buf` (process memory, not the ring): for the
 /// handler's own queries, such as the device identification VPD page.
 pub fn sg_io_in(fd: RawFd, cdb: &[u8], buf: &mut [u8], timeout_ms: u32) -> SgResult {
-    if cdb.len() > 255 || buf.len() > u32::MAX as usize {
-        let mut res = SgResult::good();
-        res.errno = libc::EINVAL;
-        return res;
-    }
-    let (dir, p) = if buf.is_empty() {
-        (SG_DXFER_NONE, std::ptr::null_mut())
-    } else {
-        (SG_DXFER_FROM_DEV, buf.as_mut_ptr().cast())
-    };
-    // SAFETY: p is null or buf's start, writable for buf.len() bytes while
-    // buf is borrowed here; cdb.len() <= 255 was checked.
-    unsafe { issue(fd, cdb, dir, p, 0, buf.len() as u32, timeout_ms) }
+    let p: *mut libc::c_void = buf.as_mut_ptr().cast();
+    // SAFETY: p is buf's start, writable for buf.len() bytes while buf is
+    // borrowed here.
+    unsafe { own(fd, cdb, SG_DXFER_FROM_DEV, p, buf.len(), timeout_ms) }
 }
 
 /// A data-out command from `buf` (process memory): for the handler's own
 /// commands, such as a reservation key registered down another path.
 pub fn sg_io_out(fd: RawFd, cdb: &[u8], buf: &[u8], timeout_ms: u32) -> SgResult {
-    if cdb.len() > 255 || buf.len() > u32::MAX as usize {
-        let mut res = SgResult::good();
-        res.errno = libc::EINVAL;
-        return res;
+    let p = buf.as_ptr() as *mut libc::c_void;
+    // SAFETY: p is buf's start, readable for buf.len() bytes while buf is
+    // borrowed here; the kernel only reads a data-out buffer.
+    unsafe { own(fd, cdb, SG_DXFER_TO_DEV, p, buf.len(), timeout_ms) }
+}
+
+/// One of the handler's own commands over a process buffer (no data when
+/// `len` is 0).
+///
+/// # Safety
+/// `p` must be valid for `len` bytes in the direction `dir` for the call.
+unsafe fn own(
+    fd: RawFd,
+    cdb: &[u8],
+    dir: libc::c_int,
+    p: *mut libc::c_void,
+    len: usize,
+    timeout_ms: u32,
+) -> SgResult {
+    if cdb.len() > 255 || len > u32::MAX as usize {
+        return SgResult::from_errno(libc::EINVAL);
     }
-    let (dir, p) = if buf.is_empty() {
+    let (dir, p) = if len == 0 {
         (SG_DXFER_NONE, std::ptr::null_mut())
     } else {
-        (SG_DXFER_TO_DEV, buf.as_ptr() as *mut libc::c_void)
+        (dir, p)
     };
-    // SAFETY: p is null or buf's start, readable for buf.len() bytes while
-    // buf is borrowed here (the kernel only reads a data-out buffer);
+    // SAFETY: p is null or valid for len bytes (this function's contract);
     // cdb.len() <= 255 was checked.
-    unsafe { issue(fd, cdb, dir, p, 0, buf.len() as u32, timeout_ms) }
+    unsafe { issue(fd, cdb, dir, p, 0, len as u32, timeout_ms) }
 }
 
 fn sg_dir(d: Direction) -> libc::c_int {
