@@ -4,6 +4,7 @@
 //! D-Bus service targetcli talks to.
 
 mod backing_state;
+pub mod budget;
 mod device;
 pub mod dispatch;
 mod inline_meter;
