@@ -8,6 +8,10 @@
 //!                                      (prints /dev/sdX, or the sg node of a
 //!                                      tape or changer)
 //!   lio remove-pscsi NAME WWN
+//!   lio user NAME CFGSTRING SIZE_MB WWN  a user backstore (no netlink replies),
+//!                                      exported through tcm_loop; prints /dev/sdX
+//!                                      once a handler answers its scan
+//!   lio remove-user NAME WWN
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -86,9 +90,33 @@ fn run(args: &[String]) -> Result<(), String> {
                 .remove()
                 .map_err(|e| e.to_string())
         }
+        [cmd, name, cfg, mb, wwn] if cmd == "user" => {
+            let mb: u64 = mb.parse().map_err(|_| "SIZE_MB must be a number")?;
+            let b = t.user_backstore(9, name).map_err(|e| e.to_string())?;
+            let control = configfs::Control {
+                dev_config: cfg.clone(),
+                dev_size: mb << 20,
+                hw_block_size: Some(512),
+                nl_reply_supported: Some(-1),
+                ..Default::default()
+            };
+            b.create_with(&control, &[]).map_err(|e| e.to_string())?;
+            export_loop(&t, wwn, b.path(), true)
+        }
+        [cmd, name, wwn] if cmd == "remove-user" => {
+            t.loopback(wwn)
+                .map_err(|e| e.to_string())?
+                .remove(1)
+                .map_err(|e| e.to_string())?;
+            t.user_backstore(9, name)
+                .map_err(|e| e.to_string())?
+                .remove()
+                .map_err(|e| e.to_string())
+        }
         _ => Err(
             "usage: lio ramdisk NAME PAGES WWN... | lio remove-ramdisk NAME WWN... \
-                  | lio pscsi NAME H:C:T:L WWN | lio remove-pscsi NAME WWN"
+                  | lio pscsi NAME H:C:T:L WWN | lio remove-pscsi NAME WWN \
+                  | lio user NAME CFGSTRING SIZE_MB WWN | lio remove-user NAME WWN"
                 .into(),
         ),
     }
