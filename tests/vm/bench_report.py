@@ -211,6 +211,10 @@ def main():
     notes = os.path.join(os.path.dirname(md), "performance-notes.md")
     if os.path.exists(notes):
         lines += [open(notes).read()]
+    # The release history (tests/vm/release-ab) survives a new bench.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from release_ab_report import history_lines
+    lines += history_lines(os.path.join(os.path.dirname(md), "performance-history.jsonl"))
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -83,11 +83,16 @@ if [ -n "${RAB_PROFILE:-}" ]; then
             lun=$("${BINS[$i]}" export --name ab "${DISKS[0]}")
             echo 1024 > /sys/block/${lun#/dev/}/queue/max_sectors_kb 2>/dev/null || true
             set -- ${JOBS[0]}
+            # perf follows the threads that exist when it attaches: the
+            # crew is grown first by a second of the same job.
+            fio --name=w --filename="$lun" --rw="$1" --bs="$2" --iodepth="$3" --ioengine=libaio \
+                --direct=1 --runtime=1 --time_based --size=256M > /dev/null 2>&1
             perf stat -x, -e "$events,context-switches,task-clock" -p $pid -o /tmp/perf.csv -- \
                 fio --name=p --filename="$lun" --rw="$1" --bs="$2" --iodepth="$3" --ioengine=libaio \
                 --direct=1 --runtime="$RUNTIME" --time_based --size=256M --output-format=terse \
                 > /tmp/fio.txt 2>/dev/null
-            ios=$(awk -F';' -v rw="$1" '{ if (rw ~ /read/) print $6; else print $47 }' /tmp/fio.txt)
+            # Commands: IOPS x runtime (fields 8, 9 for reads; 49, 50 for writes).
+            ios=$(awk -F';' -v rw="$1" '{ if (rw ~ /read/) print int($8 * $9 / 1000); else print int($49 * $50 / 1000) }' /tmp/fio.txt)
             python3 - "${LABELS[$i]}" "$lat" "$1 $2 QD$3" "$ios" /tmp/perf.csv >> $OUT <<'PY'
 import json, sys
 label, lat, job, ios = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4] or 0)
