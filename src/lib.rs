@@ -29,6 +29,7 @@ pub mod sys;
 pub mod scsi {
     pub mod cdb;
     pub mod direction;
+    pub mod opcodes;
     pub mod sense;
     pub mod timeouts;
     pub mod vpd;

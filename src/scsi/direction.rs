@@ -1,8 +1,9 @@
 //! Data direction of a CDB. The TCMU ring entry does not say which way data
 //! flows, so a passthrough handler must know it from the command itself.
 //!
-//! The table covers SPC, SBC, SSC, MMC and SMC opcodes. Where two command
-//! sets give one opcode opposite directions (UNMAP vs READ SUB-CHANNEL, ...)
+//! The direction comes from the command table (`scsi::opcodes`), which
+//! covers SPC, SBC, SSC, MMC, SMC and ZBC opcodes. Where two command sets
+//! give one opcode opposite directions (UNMAP vs READ SUB-CHANNEL, ...)
 //! the backing device's peripheral type decides. Variable-length (0x7F)
 //! commands are looked up by service action, ATA PASS-THROUGH by its T_DIR
 //! and T_LENGTH bits.
@@ -22,6 +23,8 @@ pub enum Direction {
     FromDevice,
     Bidirectional,
 }
+
+use super::opcodes;
 
 /// SCSI peripheral device types that change the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,93 +70,6 @@ pub enum DirectionError {
     Empty,
 }
 
-use Direction::{Bidirectional as Bi, FromDevice as In, None as No, ToDevice as Out};
-
-/// Direction of a command with data, from the opcode alone; `None` when the
-/// opcode depends on the device class or on fields, or is unknown.
-fn by_opcode(op: u8) -> Option<Direction> {
-    Some(match op {
-        // SPC / SBC / SSC common
-        0x00 | 0x01 | 0x0b | 0x10 | 0x11 | 0x16 | 0x17 | 0x19 | 0x1b | 0x1e | 0x2b | 0x2c
-        | 0x33 | 0x35 | 0x36 | 0x45 | 0x47 | 0x4b | 0x4e | 0x58 | 0x5b | 0x90 | 0x91 | 0x92
-        | 0x94 | 0xa5 | 0xa6 | 0xa7 | 0xb3 => No,
-        0x03 | 0x05 | 0x08 | 0x0f | 0x12 | 0x14 | 0x1a | 0x1c | 0x23 | 0x25 | 0x28 | 0x29
-        | 0x2d | 0x34 | 0x37 | 0x3c | 0x3e | 0x43 | 0x44 | 0x46 | 0x4a | 0x4d | 0x52 | 0x5a
-        | 0x5c | 0x5e | 0x84 | 0x86 | 0x88 | 0x8c | 0x95 | 0x9b | 0x9e | 0xa0 | 0xa2 | 0xa8
-        | 0xab | 0xad | 0xb4 | 0xb7 | 0xb8 | 0xb9 | 0xba | 0xbc | 0xbe => In,
-        0x04 | 0x07 | 0x0a | 0x13 | 0x15 | 0x18 | 0x1d | 0x24 | 0x2a | 0x2e | 0x2f | 0x30
-        | 0x31 | 0x32 | 0x38 | 0x39 | 0x3a | 0x3b | 0x3d | 0x3f | 0x40 | 0x41 | 0x48 | 0x4c
-        | 0x50 | 0x54 | 0x55 | 0x56 | 0x57 | 0x5d | 0x5f | 0x80 | 0x82 | 0x83 | 0x87 | 0x89
-        | 0x8a | 0x8b | 0x8d | 0x8e | 0x8f | 0x93 | 0x9a | 0x9c | 0x9f | 0xa9 | 0xaa | 0xae
-        | 0xaf | 0xb0 | 0xb1 | 0xb2 | 0xb6 | 0xbb | 0xbf => Out,
-        0x53 | 0x9d => Bi,
-        _ => return None,
-    })
-}
-
-/// Opcodes whose direction differs between command sets.
-fn by_class(op: u8, class: DeviceClass) -> Option<Direction> {
-    use DeviceClass::*;
-    Some(match (op, class) {
-        // UNMAP (SBC) / READ SUB-CHANNEL (MMC)
-        (0x42, Mmc) => In,
-        (0x42, _) => Out,
-        // XPWRITE(10) (SBC) / READ DISC INFORMATION (MMC)
-        (0x51, Mmc) => In,
-        (0x51, _) => Out,
-        // REBUILD(16) (SBC) / READ REVERSE(16) (SSC)
-        (0x81, Stream) => In,
-        (0x81, _) => Out,
-        // MAINTENANCE IN / SEND KEY (MMC)
-        (0xa3, Mmc) => Out,
-        (0xa3, _) => In,
-        // MAINTENANCE OUT / REPORT KEY (MMC)
-        (0xa4, Mmc) => In,
-        (0xa4, _) => Out,
-        // ERASE(12) (no data) / GET PERFORMANCE (MMC)
-        (0xac, Mmc) => In,
-        (0xac, _) => No,
-        // SECURITY PROTOCOL OUT / REQUEST VOLUME ELEMENT ADDRESS (SMC)
-        (0xb5, Changer) => In,
-        (0xb5, _) => Out,
-        // SPARE OUT / MECHANISM STATUS (MMC)
-        (0xbd, Mmc) => In,
-        (0xbd, _) => Out,
-        // ATA PASS-THROUGH(12) / BLANK (MMC, no data)
-        (0xa1, Mmc) => No,
-        _ => return None,
-    })
-}
-
-/// Variable-length CDB service actions (SBC-3 table "0x7F service actions").
-fn by_service_action(sa: u16) -> Option<Direction> {
-    Some(match sa {
-        0x0003 => In,  // XDREAD(32)
-        0x0004 => Out, // XDWRITE(32)
-        0x0006 => Out, // XPWRITE(32)
-        0x0007 => Bi,  // XDWRITEREAD(32)
-        0x0009 => In,  // READ(32)
-        0x000a => Out, // VERIFY(32)
-        0x000b => Out, // WRITE(32)
-        0x000c => Out, // WRITE AND VERIFY(32)
-        0x000d => Out, // WRITE SAME(32)
-        0x000e => Out, // ORWRITE(32)
-        _ => return None,
-    })
-}
-
-/// ATA PASS-THROUGH(12)/(16): T_LENGTH 0 means no data, else T_DIR says.
-fn ata_passthrough(cdb: &[u8]) -> Direction {
-    let b2 = cdb.get(2).copied().unwrap_or(0);
-    if b2 & 0x3 == 0 {
-        No
-    } else if b2 & 0x8 != 0 {
-        In
-    } else {
-        Out
-    }
-}
-
 /// The direction of `cdb` on a device of `class`, given how many bytes of
 /// data the initiator attached and whether it sent bidirectional iovecs.
 pub fn direction(
@@ -164,33 +80,28 @@ pub fn direction(
 ) -> Result<Direction, DirectionError> {
     let &op = cdb.first().ok_or(DirectionError::Empty)?;
     if bidi {
-        return Ok(Bi);
+        return Ok(Direction::Bidirectional);
     }
     if data_len == 0 {
-        return Ok(No);
+        return Ok(Direction::None);
     }
-    let d = match op {
-        0x85 => Some(ata_passthrough(cdb)),
-        0xa1 if class != DeviceClass::Mmc => Some(ata_passthrough(cdb)),
-        0x7f => {
-            let sa = cdb
-                .get(8..10)
-                .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                .unwrap_or(0);
-            return by_service_action(sa).ok_or(DirectionError::Unknown { opcode: op, sa });
-        }
-        _ => by_class(op, class).or_else(|| by_opcode(op)),
-    };
-    match d {
-        Some(d) => Ok(d),
-        None => Err(DirectionError::Unknown { opcode: op, sa: 0 }),
-    }
+    opcodes::lookup(cdb, class)
+        .and_then(|o| o.dir)
+        .ok_or(DirectionError::Unknown {
+            opcode: op,
+            sa: if op == 0x7f {
+                opcodes::variable_sa(cdb)
+            } else {
+                0
+            },
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use DeviceClass::*;
+    use Direction::{Bidirectional as Bi, FromDevice as In, None as No, ToDevice as Out};
 
     fn d(cdb: &[u8], class: DeviceClass) -> Result<Direction, DirectionError> {
         direction(cdb, class, 512, false)
