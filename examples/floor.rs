@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use tcmu_sg::tcmu::mapping::Mapping;
-use tcmu_sg::tcmu::ring::{attach, CmdRequest, Completion, Entry, RingActions};
+use tcmu_sg::tcmu::ring::{attach, CmdRequest, Completion, Entry};
 use tcmu_sg::tcmu::uio::{scan, UioDevice};
 
 const BLOCKS: u64 = 256 << 11;
@@ -62,21 +62,6 @@ fn answer(map: &Mapping, cmd: &CmdRequest) {
     }
 }
 
-/// The device's configfs actions, so that what the kernel queued before
-/// the floor attached completes BUSY, as the daemon does.
-struct Actions(configfs::UserBackstore);
-
-impl RingActions for Actions {
-    fn block(&mut self, on: bool) -> Result<(), String> {
-        let v = if on { "1" } else { "0" };
-        self.0.action("block_dev", v).map_err(|e| e.to_string())
-    }
-
-    fn reset(&mut self) -> Result<(), String> {
-        self.0.action("reset_ring", "1").map_err(|e| e.to_string())
-    }
-}
-
 fn main() -> std::io::Result<()> {
     let name = std::env::args().nth(1).expect("usage: floor NAME");
     let sys = Path::new("/sys");
@@ -90,10 +75,12 @@ fn main() -> std::io::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let uio = UioDevice::open(sys, Path::new("/dev"), &dev.uio)?;
-    let store = configfs::Target::default()
+    // Attached as the daemon attaches (its configfs actions): what the
+    // kernel queued before completes BUSY.
+    let mut store = configfs::Target::default()
         .user_backstore(dev.name.hba, &dev.name.device)
         .map_err(std::io::Error::other)?;
-    let mut ring = attach(uio.map.clone(), &mut Actions(store)).map_err(std::io::Error::other)?;
+    let mut ring = attach(uio.map.clone(), &mut store).map_err(std::io::Error::other)?;
     eprintln!("floor: serving {} ({})", name, dev.uio);
     let (mut entries, mut spare) = (Vec::new(), Vec::new());
     let mut revents = [0i16; 1];

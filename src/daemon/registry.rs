@@ -17,17 +17,16 @@ use crate::tcmu::uio::{self, UioDev, UioDevice, UioName};
 /// How long a device that failed to start waits before the next try.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// A device's configfs actions, for [`attach`].
-struct ConfigfsActions(configfs::UserBackstore);
-
-impl RingActions for ConfigfsActions {
+/// A device's configfs actions, for [`attach`] (the benchmarks' floor
+/// handler, `examples/floor.rs`, attaches with them too).
+impl RingActions for configfs::UserBackstore {
     fn block(&mut self, on: bool) -> Result<(), String> {
         let v = if on { "1" } else { "0" };
-        self.0.action("block_dev", v).map_err(|e| e.to_string())
+        self.action("block_dev", v).map_err(|e| e.to_string())
     }
 
     fn reset(&mut self) -> Result<(), String> {
-        self.0.action("reset_ring", "1").map_err(|e| e.to_string())
+        self.action("reset_ring", "1").map_err(|e| e.to_string())
     }
 }
 
@@ -137,7 +136,7 @@ impl Registry {
         let actions = store.actions();
         // Whatever a previous handler left in the ring completes BUSY (the
         // initiator retries it); nothing it left is read.
-        let ring = match attach(uiodev.map.clone(), &mut ConfigfsActions(store.clone())) {
+        let ring = match attach(uiodev.map.clone(), &mut store.clone()) {
             Ok(mut r) => {
                 if self.in_order {
                     r.force_in_order();
