@@ -93,4 +93,17 @@ fn main() {
     let mut desc = vec![0u8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 2, 0, 0];
     desc.extend_from_slice(&[0x72, 0x05, 0x24, 0, 0, 0, 0, 0]);
     put("sense", "descriptor", &desc);
+
+    // Policy: class, policy (bit 7: read-only), data length, the CDB.
+    let seeds: [(&str, &[u8]); 6] = [
+        ("write-buffer-download", &[0, 1, 2, 0x3b, 0x05, 0, 0, 0, 0, 0, 0x10, 0, 0]),
+        ("sanitize-ro", &[0, 0x80, 0, 0x48, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ("ata16", &[0, 1, 1, 0x85, 0x08, 0x0e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xec, 0]),
+        ("write10-ro", &[0, 0x81, 2, 0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0]),
+        ("tape-write-filemarks", &[1, 0x81, 0, 0x10, 0, 0, 0, 1, 0]),
+        ("zone-reset", &[0, 0x81, 0, 0x94, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    for (name, s) in seeds {
+        put("policy", name, s);
+    }
 }

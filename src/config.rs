@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::scsi::policy::Policy;
+
 /// The largest `timeout_s` and `long_timeout_s`: a day (a tape's long
 /// ERASE takes hours).
 pub const MAX_TIMEOUT_S: u32 = 86_400;
@@ -28,6 +30,9 @@ pub struct DevConfig {
     /// Caps the commands in flight at the backing device (default: its
     /// queue depth).
     pub max_inflight: Option<u32>,
+    /// The command policy (`policy=`, default `standard`) and read-only
+    /// mode (`readonly=1`).
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,7 +47,7 @@ pub enum ConfigError {
     Subtype(String),
     #[error("backing device '{0}' is not an absolute path under /dev")]
     Path(String),
-    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s, long_timeout_s, max_inflight)")]
+    #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s, long_timeout_s, max_inflight, policy, readonly)")]
     UnknownOption(String),
     #[error("option '{0}' needs a value (key=value)")]
     MissingValue(String),
@@ -54,6 +59,8 @@ pub enum ConfigError {
     },
     #[error("option '{0}' given twice")]
     Duplicate(String),
+    #[error("option policy={value}: {why}")]
+    Policy { value: String, why: String },
 }
 
 fn number(
@@ -80,6 +87,10 @@ fn number(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptionDefaults {
+    /// The command policy of a device whose string sets none
+    /// (`scsi::policy`; `standard` when unset).
+    #[serde(deserialize_with = "policy_setting")]
+    pub policy: Option<Policy>,
     /// SG_IO timeout of every command in seconds (by device class when
     /// unset).
     pub timeout_s: Option<u32>,
@@ -87,6 +98,13 @@ pub struct OptionDefaults {
     pub long_timeout_s: Option<u32>,
     pub max_xfer_kb: Option<u32>,
     pub max_inflight: Option<u32>,
+}
+
+fn policy_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Policy>, D::Error> {
+    let s: String = serde::Deserialize::deserialize(d)?;
+    Policy::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Parses a config string. A leading `sg/` is expected (as in the uio name
@@ -125,6 +143,7 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
         timeout_s: d.timeout_s,
         long_timeout_s: d.long_timeout_s,
         max_inflight: d.max_inflight,
+        policy: d.policy.unwrap_or_default(),
     };
     let mut seen = Vec::new();
     for opt in parts {
@@ -164,6 +183,27 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
             "max_inflight" => {
                 c.max_inflight = Some(number(k, v, 1, MAX_INFLIGHT, "expected 1..=1024")?);
             }
+            "policy" => {
+                let readonly = c.policy.readonly;
+                c.policy = Policy::parse(v).map_err(|why| ConfigError::Policy {
+                    value: v.into(),
+                    why,
+                })?;
+                c.policy.readonly = readonly;
+            }
+            "readonly" => {
+                c.policy.readonly = match v {
+                    "1" => true,
+                    "0" => false,
+                    _ => {
+                        return Err(ConfigError::BadValue {
+                            key: k.into(),
+                            value: v.into(),
+                            why: "expected 0 or 1",
+                        })
+                    }
+                };
+            }
             _ => return Err(ConfigError::UnknownOption(k.into())),
         }
     }
@@ -192,8 +232,39 @@ mod tests {
     }
 
     #[test]
+    fn policy_and_readonly() {
+        use crate::scsi::policy::{Grant, Level};
+        let c = parse("sg//dev/sdb").unwrap();
+        assert_eq!(
+            (c.policy.level, c.policy.readonly),
+            (Level::Standard, false)
+        );
+        let c = parse("sg//dev/sdb;policy=full").unwrap();
+        assert_eq!(c.policy, Policy::FULL);
+        let c = parse("sg//dev/sdb;readonly=1;policy=standard+firmware+ata").unwrap();
+        assert!(c.policy.readonly && c.policy.has(Grant::Firmware) && c.policy.has(Grant::Ata));
+        let c = parse("sg//dev/sdb;policy=full;readonly=1").unwrap();
+        assert_eq!((c.policy.level, c.policy.readonly), (Level::Full, true));
+        // The settings file's default, and a string that overrides it.
+        let d = OptionDefaults {
+            policy: Some(Policy::FULL),
+            ..OptionDefaults::default()
+        };
+        assert_eq!(parse_with("sg//dev/sdb", &d).unwrap().policy, Policy::FULL);
+        let c = parse_with("sg//dev/sdb;policy=standard", &d).unwrap();
+        assert_eq!(c.policy.level, Level::Standard);
+        let e = parse("sg//dev/sdb;policy=standard+fw")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown grant 'fw' (known: firmware,"), "{e}");
+        let e = parse("sg//dev/sdb;readonly=yes").unwrap_err().to_string();
+        assert!(e.contains("expected 0 or 1"), "{e}");
+    }
+
+    #[test]
     fn defaults_fill_what_the_string_leaves_unset() {
         let d = OptionDefaults {
+            policy: None,
             timeout_s: Some(7),
             long_timeout_s: Some(3600),
             max_xfer_kb: Some(256),
@@ -228,6 +299,10 @@ mod tests {
             "sg//dev/sdb;timeout_s=1;timeout_s=2",
             "sg//dev/sdb;max_inflight=0",
             "sg//dev/sdb;max_inflight=1025",
+            "sg//dev/sdb;policy=open",
+            "sg//dev/sdb;policy=full+vendor",
+            "sg//dev/sdb;readonly=2",
+            "sg//dev/sdb;policy=full;policy=standard",
             "sg//dev/sd\u{7}b",
             "sg//dev/sdé",
         ];

@@ -22,9 +22,12 @@ pub const EXTERNAL_NAME: &str = "org.kernel.TCMUService1.HandlerManager1.sg";
 pub const EXTERNAL_PATH: &str = "/org/kernel/TCMUService1/HandlerManager1/sg";
 
 pub const CONFIG_DESC: &str =
-    "sg/<backing SCSI device>[;max_xfer_kb=N][;timeout_s=N][;long_timeout_s=N][;max_inflight=N]: \
-passes every SCSI command to the backing device (/dev/sdX, /dev/sgN or /dev/disk/by-*/...) \
-with SG_IO; its status and sense reach the initiator unchanged";
+    "sg/<backing SCSI device>[;max_xfer_kb=N][;timeout_s=N][;long_timeout_s=N][;max_inflight=N]\
+[;policy=full|standard[+GRANT...]][;readonly=1]: \
+passes SCSI commands to the backing device (/dev/sdX, /dev/sgN, /dev/mapper/... or /dev/disk/by-*/...) \
+with SG_IO; its status and sense reach the initiator unchanged. policy=standard (the default) \
+passes what the device class needs and refuses the rest; grants: firmware, format, security, \
+ata, vendor, modeselect, diag, admin, copy";
 
 /// The handler object: property ConfigDesc, method CheckConfig.
 pub struct SgHandler;

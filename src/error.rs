@@ -4,6 +4,7 @@
 
 use crate::scsi::cdb::CdbError;
 use crate::scsi::direction::DirectionError;
+use crate::scsi::policy::{Answer, Refused};
 use std::time::Duration;
 
 use crate::scsi::sense::{code, status, Outcome, SenseCode};
@@ -18,6 +19,10 @@ pub enum CmdError {
     Direction(#[from] DirectionError),
     #[error(transparent)]
     Cdb(#[from] CdbError),
+    /// The device's command policy or read-only mode refused the command;
+    /// the backing device never saw it.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// SG_IO v3 has no bidirectional transfers.
     #[error("bidirectional commands are not supported")]
     Bidirectional,
@@ -54,6 +59,11 @@ impl CmdError {
             CmdError::Direction(DirectionError::Unknown { .. }) => code::INVALID_OPCODE,
             CmdError::Direction(DirectionError::Empty) => code::INVALID_OPCODE,
             CmdError::Cdb(CdbError::TooShort { .. }) => code::INVALID_FIELD,
+            CmdError::Refused(r) => match r.answer {
+                Answer::Opcode => code::INVALID_OPCODE,
+                Answer::Field => code::INVALID_FIELD,
+                Answer::WriteProtected => code::WRITE_PROTECTED,
+            },
             CmdError::Cdb(CdbError::Overflow { .. }) => LBA_OUT_OF_RANGE,
             CmdError::Bidirectional => code::INVALID_OPCODE,
             CmdError::ProtectedSplit(_) | CmdError::Dif => code::INVALID_FIELD,
@@ -96,6 +106,13 @@ mod tests {
                 blocks: 2,
             }),
             CmdError::Bidirectional,
+            CmdError::Refused(Refused {
+                opcode: 0x04,
+                action: None,
+                name: "FORMAT UNIT",
+                answer: Answer::Opcode,
+                grant: None,
+            }),
             CmdError::ProtectedSplit(1),
             CmdError::Dif,
             CmdError::NotReady("x".into()),
@@ -130,6 +147,24 @@ mod tests {
             waited: Duration::from_secs(20),
         };
         assert_eq!(e.sense_code(), Some(code::LUN_NOT_RESPONDING));
+    }
+
+    #[test]
+    fn a_refusal_answers_as_its_kind_says() {
+        let r = |answer| {
+            CmdError::Refused(Refused {
+                opcode: 0x3b,
+                action: Some(5),
+                name: "WRITE BUFFER",
+                answer,
+                grant: None,
+            })
+            .sense_code()
+        };
+        assert_eq!(r(Answer::Opcode), Some(code::INVALID_OPCODE));
+        assert_eq!(r(Answer::Field), Some(code::INVALID_FIELD));
+        let wp = r(Answer::WriteProtected).unwrap();
+        assert_eq!((wp.key, wp.asc, wp.ascq), (0x7, 0x27, 0x00));
     }
 
     #[test]

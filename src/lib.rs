@@ -30,6 +30,7 @@ pub mod scsi {
     pub mod cdb;
     pub mod direction;
     pub mod opcodes;
+    pub mod policy;
     pub mod sense;
     pub mod timeouts;
     pub mod vpd;

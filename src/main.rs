@@ -45,7 +45,8 @@ enum Cmd {
     #[command(hide = true)]
     GenCompletions { shell: clap_complete::Shell },
     /// Check a config string
-    /// (sg/<device>[;max_xfer_kb=N][;timeout_s=N][;long_timeout_s=N][;max_inflight=N]).
+    /// (sg/<device>[;max_xfer_kb=N][;timeout_s=N][;long_timeout_s=N][;max_inflight=N]
+    /// [;policy=full|standard[+GRANT...]][;readonly=1]).
     CheckConfig {
         /// Taken as raw bytes, so that non-UTF-8 input gets our own
         /// one-line answer.
@@ -485,7 +486,7 @@ fn toml_of(s: &Settings) -> String {
     let opt = |k: &str, v: Option<u32>| v.map(|v| format!("{k} = {v}\n")).unwrap_or_default();
     format!(
         "[log]\nlevel = {:?}\ntarget = {:?}\n[io]\nmax_threads = {}\npoll_us = {}\n\
-         [defaults]\n{}{}{}{}[status]\nsocket = {:?}\n",
+         [defaults]\n{}{}{}{}{}[status]\nsocket = {:?}\n",
         s.log.level,
         s.log.target,
         s.io.max_threads,
@@ -494,6 +495,10 @@ fn toml_of(s: &Settings) -> String {
         opt("long_timeout_s", s.defaults.long_timeout_s),
         opt("max_xfer_kb", s.defaults.max_xfer_kb),
         opt("max_inflight", s.defaults.max_inflight),
+        s.defaults
+            .policy
+            .map(|p| format!("policy = {:?}\n", p.describe()))
+            .unwrap_or_default(),
         s.status.socket.display().to_string(),
     )
 }

@@ -6,6 +6,7 @@ use crate::dma::{self, ChunkIo, Scratch, Split};
 use crate::error::CmdError;
 use crate::scsi::cdb::RwCdb;
 use crate::scsi::direction::{direction, DeviceClass, Direction};
+use crate::scsi::policy::{self, Family, Policy, Refused};
 use crate::scsi::sense::{status, Outcome, SgResult};
 use crate::scsi::vpd;
 use crate::tcmu::mapping::Mapping;
@@ -19,6 +20,10 @@ pub struct DeviceParams {
     pub block_size: u32,
     /// The largest transfer one command may carry, in bytes.
     pub max_bytes: u64,
+    /// Which command set the command policy holds it to.
+    pub family: Family,
+    /// The command policy and read-only mode (`scsi::policy`).
+    pub policy: Policy,
 }
 
 /// How `execute` will run a command (exposed for tests and logs).
@@ -30,6 +35,7 @@ pub enum Route {
 
 /// Decides direction and splitting for `cmd` on `dev`.
 pub fn route(cmd: &CmdRequest, dev: &DeviceParams) -> Result<Route, CmdError> {
+    policy::judge(&cmd.cdb, dev.class, dev.family, &dev.policy)?;
     if cmd.dif_cnt != 0 {
         return Err(CmdError::Dif);
     }
@@ -57,14 +63,16 @@ pub fn route(cmd: &CmdRequest, dev: &DeviceParams) -> Result<Route, CmdError> {
     Ok(Route::Split(dir, rw))
 }
 
-/// Executes one command with `io` and the opaque context `ctx`.
+/// Executes one command with `io` and the opaque context `ctx`; a command
+/// the device's policy refused comes back with its refusal, and `io` never
+/// saw it.
 pub fn execute<C, F>(
     cmd: &CmdRequest,
     dev: &DeviceParams,
     scratch: &mut Scratch,
     ctx: &mut C,
     io: F,
-) -> (Direction, Outcome)
+) -> (Direction, Outcome, Option<Refused>)
 where
     F: FnMut(&mut C, &ChunkIo<'_>) -> Result<SgResult, CmdError>,
 {
@@ -73,11 +81,16 @@ where
             log::debug!("cmd {} ({:02x}): {e}", cmd.cmd_id, cmd.cdb[0]);
             let mut o = e.outcome();
             o.residual = cmd.data_len();
-            (Direction::None, o)
+            let refused = match e {
+                CmdError::Refused(r) => Some(r),
+                _ => None,
+            };
+            (Direction::None, o, refused)
         }
         Ok(Route::Whole(dir)) => (
             dir,
             dma::run(&cmd.cdb, dir, &cmd.iovs, None, scratch, ctx, io),
+            None,
         ),
         Ok(Route::Split(dir, rw)) => {
             let split = Split {
@@ -88,6 +101,7 @@ where
             (
                 dir,
                 dma::run(&cmd.cdb, dir, &cmd.iovs, Some(split), scratch, ctx, io),
+                None,
             )
         }
     }
@@ -95,24 +109,53 @@ where
 
 /// What tcmu-sg changes in a response before it goes back to the
 /// initiator: the Block Limits VPD page of a device it splits commands
-/// for carries tcmu-sg's transfer limit (see `scsi::vpd`). Reads and
-/// writes the command's data area in `map`, through its iovecs.
+/// for carries tcmu-sg's transfer limit (see `scsi::vpd`); a read-only
+/// disk's or tape's MODE SENSE header has the WP bit set, and REPORT
+/// SUPPORTED OPERATION CODES lists only what the policy lets through (see
+/// `scsi::policy`). Reads and writes the command's data area in `map`,
+/// through its iovecs.
 pub fn adjust_response(cmd: &CmdRequest, dev: &DeviceParams, o: &Outcome, map: &Mapping) {
-    if !dev.class.splits_by_lba()
-        || o.status != status::GOOD
-        || !vpd::is_block_limits_inquiry(&cmd.cdb)
-        || dev.block_size == 0
-    {
+    if o.status != status::GOOD {
         return;
     }
     let moved = cmd.data_len() - o.residual.min(cmd.data_len());
-    let mut head = [0u8; 16];
-    if moved < head.len() as u64 || !copy_head(map, &cmd.iovs, &mut head, false) {
-        return;
-    }
-    let max_blocks = (dev.max_bytes / dev.block_size as u64).min(u32::MAX as u64) as u32;
-    if vpd::cap_block_limits(&mut head, max_blocks) {
-        copy_head(map, &cmd.iovs, &mut head, true);
+    if vpd::is_block_limits_inquiry(&cmd.cdb) {
+        if !dev.class.splits_by_lba() || dev.block_size == 0 {
+            return;
+        }
+        let mut head = [0u8; 16];
+        if moved < head.len() as u64 || !copy_head(map, &cmd.iovs, &mut head, false) {
+            return;
+        }
+        let max_blocks = (dev.max_bytes / dev.block_size as u64).min(u32::MAX as u64) as u32;
+        if vpd::cap_block_limits(&mut head, max_blocks) {
+            copy_head(map, &cmd.iovs, &mut head, true);
+        }
+    } else if let Some(at) = policy::mode_sense_wp_byte(&cmd.cdb) {
+        let mut head = [0u8; 4];
+        let head = &mut head[..=at];
+        if !policy::marks_write_protect(dev.family, &dev.policy)
+            || moved < head.len() as u64
+            || !copy_head(map, &cmd.iovs, head, false)
+        {
+            return;
+        }
+        head[at] |= 0x80;
+        copy_head(map, &cmd.iovs, head, true);
+    } else if policy::is_report_supported_opcodes(&cmd.cdb, dev.class) && dev.policy != Policy::FULL
+    {
+        let mut data = vec![0u8; moved as usize];
+        if copy_head(map, &cmd.iovs, &mut data, false)
+            && policy::filter_supported_opcodes(
+                &cmd.cdb,
+                &mut data,
+                dev.class,
+                dev.family,
+                &dev.policy,
+            )
+        {
+            copy_head(map, &cmd.iovs, &mut data, true);
+        }
     }
 }
 
@@ -191,6 +234,8 @@ mod tests {
         class: DeviceClass::Block,
         block_size: 512,
         max_bytes: 65536,
+        family: Family::Disk,
+        policy: Policy::FULL,
     };
 
     #[test]
@@ -231,6 +276,48 @@ mod tests {
         // Unknown opcode with data: refused.
         let e = route(&cmd(&[0xc5, 0, 0, 0, 0, 0, 0, 0, 8, 0], 4096), &DEV).unwrap_err();
         assert_eq!(e.sense_code(), Some(code::INVALID_OPCODE));
+    }
+
+    #[test]
+    fn the_policy_is_asked_first() {
+        let std = DeviceParams {
+            policy: Policy::default(),
+            ..DEV
+        };
+        // FORMAT UNIT with data: refused by the policy, not by direction
+        // or size, and the refusal is what execute hands back.
+        let format = cmd(&[0x04, 0x10, 0, 0, 0, 0], 512);
+        let e = route(&format, &std).unwrap_err();
+        assert!(matches!(e, CmdError::Refused(_)), "{e}");
+        assert_eq!(e.sense_code(), Some(code::INVALID_OPCODE));
+        let mut calls = 0;
+        let (dir, o, refused) = execute(
+            &format,
+            &std,
+            &mut Scratch::default(),
+            &mut calls,
+            |n, _| {
+                *n += 1;
+                Ok(SgResult::good())
+            },
+        );
+        assert_eq!((dir, calls, o.residual), (Direction::None, 0, 512));
+        assert_eq!(refused.map(|r| r.name), Some("FORMAT UNIT"));
+        // Under full it is routed as before.
+        assert_eq!(
+            route(&format, &DEV).unwrap(),
+            Route::Whole(Direction::ToDevice)
+        );
+        // Read-only: a WRITE that would be split is refused whole.
+        let mut ro = std;
+        ro.policy.readonly = true;
+        let write = cmd(&[0x2a, 0, 0, 0, 0, 0, 0, 1, 0, 0], 131072);
+        let e = route(&write, &ro).unwrap_err();
+        assert_eq!(e.sense_code(), Some(code::WRITE_PROTECTED));
+        assert!(matches!(
+            route(&cmd(&[0x28, 0, 0, 0, 0, 0, 0, 1, 0, 0], 131072), &ro).unwrap(),
+            Route::Split(Direction::FromDevice, _)
+        ));
     }
 
     #[test]

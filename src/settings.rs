@@ -212,6 +212,14 @@ mod tests {
             .unwrap_err()
             .contains("timeout_s"));
         assert!(parse("[io]\nmax_threads = 0\n").is_err());
+        let e = parse("[defaults]\npolicy = \"open\"\n").unwrap_err();
+        assert!(e.contains("unknown policy 'open'"), "{e}");
+        let s = parse("[defaults]\npolicy = \"standard+firmware\"\n").unwrap();
+        assert!(s
+            .defaults
+            .policy
+            .unwrap()
+            .has(crate::scsi::policy::Grant::Firmware));
         assert!(parse("[status]\nsocket = \"rel.sock\"\n").is_err());
     }
 }

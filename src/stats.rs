@@ -47,6 +47,10 @@ pub struct DeviceStats {
     /// Commands refused BUSY, unrun, because LIO may have failed them back
     /// (a stall; see `crate::expiry`).
     pub stale_refused: AtomicU64,
+    /// Commands the command policy refused, and those read-only refused
+    /// (`scsi::policy`); none reached the backing device.
+    pub policy_refused: AtomicU64,
+    pub readonly_refused: AtomicU64,
     /// From ring read to completion: a histogram and the sum.
     pub latency_us: [AtomicU64; LAT_BUCKETS],
     pub latency_sum_us: AtomicU64,
@@ -137,6 +141,8 @@ impl DeviceStats {
             lost: get(&self.lost),
             reopened: get(&self.reopened),
             stale_refused: get(&self.stale_refused),
+            policy_refused: get(&self.policy_refused),
+            readonly_refused: get(&self.readonly_refused),
             latency_us: self.latency_us.iter().map(get).collect(),
             latency_sum_us: get(&self.latency_sum_us),
         }
@@ -172,6 +178,10 @@ pub struct Counters {
     pub lost: u64,
     pub reopened: u64,
     pub stale_refused: u64,
+    #[serde(default)]
+    pub policy_refused: u64,
+    #[serde(default)]
+    pub readonly_refused: u64,
     pub latency_us: Vec<u64>,
     pub latency_sum_us: u64,
 }
@@ -216,6 +226,8 @@ impl Counters {
             lost: d(self.lost, earlier.lost),
             reopened: d(self.reopened, earlier.reopened),
             stale_refused: d(self.stale_refused, earlier.stale_refused),
+            policy_refused: d(self.policy_refused, earlier.policy_refused),
+            readonly_refused: d(self.readonly_refused, earlier.readonly_refused),
             latency_us: dv(&self.latency_us, &earlier.latency_us),
             latency_sum_us: d(self.latency_sum_us, earlier.latency_sum_us),
         }

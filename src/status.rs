@@ -60,6 +60,8 @@ pub struct DeviceReport {
     pub last: Counters,
     /// A multipath map's paths and failovers (none for a single device).
     pub multipath: Option<MapReport>,
+    /// The command policy and read-only mode (`scsi::policy`).
+    pub policy: String,
 }
 
 /// A dm-multipath backing device (see `mpath`).
@@ -238,6 +240,14 @@ pub fn table(r: &Report) -> String {
                 );
             }
         }
+        let refused = d.counters.policy_refused + d.counters.readonly_refused;
+        if refused > 0 || d.policy.contains("read-only") || d.policy.contains('+') {
+            let _ = writeln!(
+                out,
+                "        policy {}: {} refused by the policy, {} by read-only",
+                d.policy, d.counters.policy_refused, d.counters.readonly_refused
+            );
+        }
     }
     out
 }
@@ -309,6 +319,16 @@ pub fn prometheus(r: &Report) -> String {
         "stale_refused_total",
         "counter",
         "Commands refused BUSY, unrun, after a stall: LIO may have failed them back.",
+    );
+    family(
+        "policy_refused_total",
+        "counter",
+        "Commands the command policy refused; none reached the backing device.",
+    );
+    family(
+        "readonly_refused_total",
+        "counter",
+        "Commands read-only refused (DATA PROTECT); none reached the backing device.",
     );
     family(
         "cmd_time_out_seconds",
@@ -388,6 +408,8 @@ pub fn prometheus(r: &Report) -> String {
         m("backing_lost_total", "", c.lost);
         m("backing_reopened_total", "", c.reopened);
         m("stale_refused_total", "", c.stale_refused);
+        m("policy_refused_total", "", c.policy_refused);
+        m("readonly_refused_total", "", c.readonly_refused);
         m("cmd_time_out_seconds", "", d.cmd_time_out_s);
         let mut cum = 0;
         for i in 0..LAT_BUCKETS.min(c.latency_us.len()) {
@@ -438,6 +460,8 @@ mod tests {
         };
         c.check_by_key[3] = 1;
         c.stale_refused = 7;
+        c.policy_refused = 3;
+        c.readonly_refused = 2;
         c.latency_us[7] = 980;
         c.latency_us[12] = 20;
         let mut last = c.clone();
@@ -500,6 +524,8 @@ mod tests {
         )));
         assert!(p.contains(&format!("tcmu_sg_latency_seconds_sum{{{l}}} 0.123\n")));
         assert!(p.contains(&format!("tcmu_sg_stale_refused_total{{{l}}} 7\n")));
+        assert!(p.contains(&format!("tcmu_sg_policy_refused_total{{{l}}} 3\n")));
+        assert!(p.contains(&format!("tcmu_sg_readonly_refused_total{{{l}}} 2\n")));
         // Every sample line: name{labels} value.
         for line in p.lines().filter(|l| !l.starts_with('#')) {
             let (name, rest) = line.split_once('{').unwrap();

@@ -66,6 +66,8 @@ fn the_command_path_does_not_allocate_in_steady_state() {
         class: DeviceClass::Block,
         block_size: 512,
         max_bytes: 8192, // the 32 KiB reads below are split in 4
+        family: tcmu_sg::scsi::policy::Family::Disk,
+        policy: tcmu_sg::scsi::policy::Policy::FULL,
     };
     let mut scratch = Scratch::default();
     let mut entries: Vec<Entry> = Vec::new();
@@ -91,7 +93,7 @@ fn the_command_path_does_not_allocate_in_steady_state() {
             for e in entries.drain(..) {
                 let Entry::Cmd(cmd) = e else { continue };
                 let mut ctx = &*map;
-                let (dir, o) = execute(&cmd, &dev, &mut scratch, &mut ctx, |m, io| {
+                let (dir, o, _) = execute(&cmd, &dev, &mut scratch, &mut ctx, |m, io| {
                     // Touch the data as a device would, without allocating.
                     for v in io.iovs {
                         m.fill(v.off, v.len, 0x5a).unwrap();

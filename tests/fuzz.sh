@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 secs=${FUZZ_SECONDS:-30}
-for t in ring cdb config sense; do
+for t in ring cdb config sense policy; do
     work=$(mktemp -d /tmp/tcmu-sg-fuzz-$t.XXXXXX)
     cp -r "fuzz/corpus/$t/." "$work/"
     if [ -n "${FUZZ_RUNS:-}" ]; then limit=(-runs="$FUZZ_RUNS"); else limit=(-max_total_time="$secs"); fi

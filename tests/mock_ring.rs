@@ -22,6 +22,8 @@ const DEV: DeviceParams = DeviceParams {
     class: DeviceClass::Block,
     block_size: 512,
     max_bytes: 1 << 20,
+    family: tcmu_sg::scsi::policy::Family::Disk,
+    policy: tcmu_sg::scsi::policy::Policy::FULL,
 };
 
 /// Reads every new entry, runs commands on the disk and completes them in
@@ -33,7 +35,7 @@ fn serve(k: &mut MockKernel, ring: &mut Ring, disk: &mut RamDisk, dev: &DevicePa
         let c = match e {
             Entry::Cmd(cmd) => {
                 let mut ctx = (&mut *disk, &*map);
-                let (dir, o) = execute(&cmd, dev, &mut scratch, &mut ctx, RamDisk::io);
+                let (dir, o, _) = execute(&cmd, dev, &mut scratch, &mut ctx, RamDisk::io);
                 completion(cmd.cmd_id, dir, cmd.data_len(), &o)
             }
             Entry::BadCmd { cmd_id, why } => {
@@ -454,7 +456,7 @@ fn die_after_an_out_of_order_completion(
     let mut scratch = Scratch::default();
     let map = k.mapping();
     let mut ctx = (&mut *disk, &*map);
-    let (dir, o) = execute(&third, &DEV, &mut scratch, &mut ctx, RamDisk::io);
+    let (dir, o, _) = execute(&third, &DEV, &mut scratch, &mut ctx, RamDisk::io);
     ring.complete(completion(third.cmd_id, dir, third.data_len(), &o))
         .unwrap();
     ring.flush();
@@ -697,7 +699,7 @@ fn the_block_limits_page_carries_the_transfer_limit() {
         panic!("a command")
     };
     let mut ctx = (&mut disk, &*map);
-    let (dir, o) = execute(&cmd, &DEV, &mut Scratch::default(), &mut ctx, RamDisk::io);
+    let (dir, o, _) = execute(&cmd, &DEV, &mut Scratch::default(), &mut ctx, RamDisk::io);
     tcmu_sg::passthrough::adjust_response(&cmd, &DEV, &o, &map);
     ring.complete(completion(cmd.cmd_id, dir, cmd.data_len(), &o))
         .unwrap();
@@ -712,6 +714,7 @@ fn the_block_limits_page_carries_the_transfer_limit() {
     // A tape's would not be touched.
     let tape = DeviceParams {
         class: DeviceClass::Stream,
+        family: tcmu_sg::scsi::policy::Family::Tape,
         ..DEV
     };
     let mut before = [0u8; 16];

@@ -31,7 +31,7 @@ for k in bullseye trixie trixie-backports; do
     section "VM end-to-end tests: the handler on $k's kernel"
     TCMU_SG_VM_KERNEL=$k bash tests/vm/run-vm.sh tests/vm/e2e.sh "$PWD/target/release/tcmu-sg"
 done
-section "VM end-to-end tests: zoned, 4Kn and 512e disks and changers, directly, through tcmu-sg and through pscsi"
+section "VM end-to-end tests: zoned, 4Kn and 512e disks and changers, directly, through tcmu-sg and through pscsi; the command policy and read-only mode"
 bash tests/vm/run-vm.sh tests/vm/e2e-classes.sh "$PWD/target/release/tcmu-sg" "$PWD/target/release/examples/lio"
 section "VM end-to-end tests: tapes, directly, through tcmu-sg and through pscsi (7.x)"
 TCMU_SG_VM_KERNEL=trixie-backports bash tests/vm/run-vm.sh tests/vm/e2e-tape.sh \

@@ -29,6 +29,8 @@ const DEV: DeviceParams = DeviceParams {
     class: DeviceClass::Block,
     block_size: 512,
     max_bytes: 4096,
+    family: tcmu_sg::scsi::policy::Family::Disk,
+    policy: tcmu_sg::scsi::policy::Policy::FULL,
 };
 
 fn secs(s: f64) -> Duration {
@@ -50,7 +52,7 @@ fn run(
     let now = k.now();
     let mut sent = 0;
     let mut ctx = (&mut *disk, &*map);
-    let (dir, o) = execute(cmd, &DEV, &mut Scratch::default(), &mut ctx, |c, io| {
+    let (dir, o, _) = execute(cmd, &DEV, &mut Scratch::default(), &mut ctx, |c, io| {
         if !timing.may_start(cmd.seen_after, now) {
             return Err(CmdError::Expired {
                 waited: now.since(cmd.seen_after.unwrap()),
@@ -182,7 +184,7 @@ fn a_wait_after_the_read_counts_and_every_chunk_is_checked() {
     let map = k.mapping();
     let mut sent = 0;
     let start = k.now();
-    let (dir, o) = execute(
+    let (dir, o, _) = execute(
         &cmd,
         &DEV,
         &mut Scratch::default(),

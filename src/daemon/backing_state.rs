@@ -190,6 +190,7 @@ impl BackingSlot {
                     &format!("{} {}", b.info.vendor, b.info.model),
                 );
                 r.state = "serving".into();
+                r.policy = b.info.params.policy.describe();
                 b.engine.describe(r);
             }
             BackingState::Bad(why) => {

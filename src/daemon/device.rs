@@ -23,6 +23,7 @@ use crate::error::CmdError;
 use crate::expiry::{Stamp, Timing};
 use crate::passthrough::{self, completion};
 use crate::scsi::direction::Direction;
+use crate::scsi::policy::{Answer, Refused};
 use crate::scsi::sense::{Outcome, SgResult};
 use crate::sg::engine::Call;
 use crate::sg::io::SgScratch;
@@ -220,6 +221,9 @@ pub struct Device {
     /// since `attached`), and how many it held back.
     status_log_next: AtomicU64,
     status_log_quiet: AtomicU64,
+    /// The opcodes the policy or read-only mode refused at least once (one
+    /// bit each): the first refusal of each is logged.
+    refused_logged: [AtomicU64; 4],
     pub stats: DeviceStats,
 }
 
@@ -263,6 +267,7 @@ impl Device {
             served: AtomicBool::new(false),
             status_log_next: AtomicU64::new(0),
             status_log_quiet: AtomicU64::new(0),
+            refused_logged: Default::default(),
             stats: DeviceStats::default(),
         })
     }
@@ -537,6 +542,24 @@ impl Device {
         }
     }
 
+    /// Counts a command the policy or read-only mode refused, and logs the
+    /// first refusal of each opcode on this device.
+    fn note_refused(&self, r: &Refused) {
+        DeviceStats::count(if r.answer == Answer::WriteProtected {
+            &self.stats.readonly_refused
+        } else {
+            &self.stats.policy_refused
+        });
+        let bit = 1u64 << (r.opcode % 64);
+        let word = &self.refused_logged[r.opcode as usize / 64];
+        if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            log::warn!(
+                "{}: {r}; logged once per opcode, counted in tcmu-sg status",
+                self.label
+            );
+        }
+    }
+
     /// Logs a status that is not GOOD: every one at debug; at info at
     /// most one per `STATUS_LOG_EVERY`, with a count of those not shown.
     fn note_status(&self, cmd: &CmdRequest, o: &Outcome) {
@@ -755,8 +778,11 @@ impl Work for Device {
                     transport_error: false,
                     refused: false,
                 };
-                let (dir, o) =
+                let (dir, o, refused) =
                     passthrough::execute(&cmd, &b.info.params, &mut t.dma, &mut ctx, IoCtx::io);
+                if let Some(r) = refused {
+                    self.note_refused(&r);
+                }
                 passthrough::adjust_response(&cmd, &b.info.params, &o, &self.uio.map);
                 if let Some(why) = ctx.gone {
                     if self.backing.lost(&b, why, &self.stats) {

@@ -245,6 +245,8 @@ pub fn open_path(m: &Multipath, name: &str) -> Result<Path, String> {
         timeout_s: None,
         long_timeout_s: None,
         max_inflight: None,
+        // The map's params (and its policy) are the ones commands use.
+        policy: Default::default(),
     };
     let f = open_one(&cfg, name, &m.sys, true)?;
     if !same_unit(&f.identity, &m.identity) {

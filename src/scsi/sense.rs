@@ -82,6 +82,7 @@ pub mod code {
     pub const INVALID_FIELD: SenseCode = SenseCode::new(ILLEGAL_REQUEST, 0x24, 0x00);
     pub const RESET: SenseCode = SenseCode::new(UNIT_ATTENTION, 0x29, 0x00);
     pub const I_T_NEXUS_LOSS: SenseCode = SenseCode::new(UNIT_ATTENTION, 0x29, 0x07);
+    pub const WRITE_PROTECTED: SenseCode = SenseCode::new(DATA_PROTECT, 0x27, 0x00);
     pub const SPACE_ALLOC_FAILED: SenseCode = SenseCode::new(DATA_PROTECT, 0x27, 0x07);
     pub const COMMAND_ABORTED: SenseCode = SenseCode::new(ABORTED_COMMAND, 0x00, 0x00);
     pub const IO_ERROR: SenseCode = SenseCode::new(ABORTED_COMMAND, 0x00, 0x06);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::config::{DevConfig, MAX_INFLIGHT};
 use crate::passthrough::DeviceParams;
 use crate::scsi::direction::DeviceClass;
+use crate::scsi::policy::Family;
 use crate::scsi::timeouts::{Reported, Timeouts};
 use crate::sg::engine::{Disk, Engine};
 
@@ -89,7 +90,7 @@ pub struct BackingInfo {
 impl BackingInfo {
     pub fn describe(&self) -> String {
         format!(
-            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB, queue depth {}{}{}",
+            "{} ({}{}) {} {} type {:#x}, {} x {}-byte blocks, max transfer {} KiB, queue depth {}{}{}, policy {}",
             self.node.display(),
             if !self.paths.is_empty() {
                 format!("multipath map over {}", self.paths.join(", "))
@@ -122,6 +123,7 @@ impl BackingInfo {
                     self.queueing.as_secs()
                 )
             },
+            self.params.policy.describe(),
         )
     }
 }
@@ -468,6 +470,7 @@ pub fn probe_resolved(
     };
     let sg_node = sg_dir.as_ref().and_then(name);
     let class = DeviceClass::from_peripheral_type(peripheral_type);
+    let family = Family::from_peripheral_type(peripheral_type);
     let (node, block, params, blocks) = if let Some(bd) = &blockdir {
         let q = bd.join("queue");
         let bs = read_num(&q, "logical_block_size", given)? as u32;
@@ -489,6 +492,8 @@ pub fn probe_resolved(
                 class,
                 block_size: bs,
                 max_bytes: max,
+                family,
+                policy: cfg.policy,
             },
             sectors * 512 / bsu,
         )
@@ -509,6 +514,8 @@ pub fn probe_resolved(
                 class,
                 block_size: 512,
                 max_bytes: max,
+                family,
+                policy: cfg.policy,
             },
             0,
         )

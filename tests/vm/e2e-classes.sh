@@ -15,6 +15,8 @@
 #   tape library: a changer with a drive and four tapes) serves three
 #   libraries over iSCSI to this VM's open-iscsi; mtx's inquiry, status,
 #   load, unload, transfer and a refused move go to each.
+# - Then, in the same boot, the command policy and read-only mode
+#   (tests/vm/e2e-policy.sh).
 #
 #   e2e-classes.sh TCMU_SG_BINARY LIO_HELPER
 set -uo pipefail
@@ -107,6 +109,22 @@ check "fio --zonemode=zbd with verify at queue depth 8 through tcmu-sg" \
     bash -c "[ $rc -eq 0 ] && grep -q 'err= 0' /vm-out/fio-zbd.txt"
 check "  the zones it wrote are full on the backing device" \
     bash -c "sg_rep_zones --start=8192 --num=8 ${DISKS[1]} | grep -c 'Zone condition: Full' | grep -qx 8"
+# Read-only: a zone reset (no data) is refused with DATA PROTECT 27/00 and
+# never reaches the drive; reports still work.
+"$BIN" set-config --name z0 "sg/${DISKS[1]};max_xfer_kb=64;readonly=1" || bad "set-config z0 readonly"
+wait_for 15 grep -q "reconfigured: .*read-only" "$LOG" || bad "z0 reconfigured read-only"
+sg_turs "$(sg_of "$B")" > /dev/null 2>&1
+trace_on
+zr=$($SGIO run "$(sg_of "$B")" 94040000000000002000000000000000 \
+     | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["status"], r["sense"][24:28])')
+sg_reset_wp --zone=8192 "$(sg_of "$B")" > /dev/null 2>&1; zr_tool=$?
+trace_off
+echo "read-only zone reset: $zr (sg_reset_wp exit $zr_tool)"
+check "readonly=1: RESET WRITE POINTER gets DATA PROTECT, WRITE PROTECTED (27/00)" [ "$zr" = "2 2700" ]
+check "  sg_reset_wp fails too" [ "$zr_tool" -ne 0 ]
+check "  neither reached the drive, whose zone stays full" \
+    bash -c "! grep -q 'raw=94 ' $T/trace && sg_rep_zones --start=8192 --num=1 ${DISKS[1]} | grep -q 'Zone condition: Full'"
+check "  REPORT ZONES still works through tcmu-sg" [ "$(rep "${DISKS[1]}")" = "$(rep "$B")" ]
 remove_paths z0
 
 # --- 4Kn and 512e -----------------------------------------------------------
@@ -244,4 +262,11 @@ kill $TGTD
 
 kill -TERM $DAEMON; wait $DAEMON
 check "daemon exits cleanly on SIGTERM" [ $? -eq 0 ]
+
+# The command policy and read-only mode, in this boot (its own daemon and
+# disks; tests/vm/e2e-policy.sh).
+bash "$HERE/e2e-policy.sh" "$BIN" "$LIO" > /vm-out/e2e-policy.txt 2>&1
+rc=$?
+sed 's/^/  policy: /' /vm-out/e2e-policy.txt
+check "the command policy and read-only suite passes (e2e-policy.sh)" [ $rc -eq 0 ]
 finish

@@ -7,7 +7,8 @@
 # POSITION, READ BLOCK LIMITS, MODE SENSE/SELECT, RESERVE/RELEASE, ERASE),
 # the same st/mt sequence and tar with large records go to each, and the
 # transcripts are compared. Then one tape command is made slower than the
-# old 20 s SG_IO default and must complete through tcmu-sg.
+# old 20 s SG_IO default and must complete through tcmu-sg. tcmu-sg serves
+# the tape under the default command policy (standard).
 #
 #   e2e-tape.sh TCMU_SG_BINARY LIO_HELPER
 set -uo pipefail
@@ -48,6 +49,8 @@ check "the export set cmd_time_out for the tape's longest commands (14400 s + ma
     [ "$(cat /sys/kernel/config/target/core/user_1/tp0/attrib/cmd_time_out)" -ge 14400 ]
 check "the daemon logs the tape's timeouts" \
     wait_for 10 grep -q "tp0 (uio[0-9]*): .*SG_IO timeouts 500 s, READ/WRITE 900 s, long operations 14400 s" "$LOG"
+check "the tape is served under the default policy, standard, which the sequence below runs under" \
+    grep -q "tp0 (uio[0-9]*): .*policy standard," "$LOG"
 check "INQUIRY through tcmu-sg is the drive's" \
     bash -c "[ \"\$(sg_inq $B_BACK | grep -v 'Vendor specific')\" = \"\$(sg_inq $B | grep -v 'Vendor specific')\" ]"
 
