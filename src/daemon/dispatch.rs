@@ -21,7 +21,7 @@
 //! the doorbell then wakes whichever watcher has waited longest, and the
 //! guest idled more with fewer context switches); a depth of one ran at
 //! the same rate either way.
-
+//!
 //! A deep queue gets one thread per command, up to the crew's cap (the
 //! backing device's queue depth), and one thread more waits while all of
 //! them are busy: the ring is read whenever the kernel rings, so the age of
