@@ -5,7 +5,8 @@
 use crate::dma::{self, ChunkIo, Scratch, Split};
 use crate::error::CmdError;
 use crate::scsi::cdb::RwCdb;
-use crate::scsi::direction::{direction, DeviceClass, Direction};
+use crate::scsi::direction::{direction_of, DeviceClass, Direction};
+use crate::scsi::opcodes;
 use crate::scsi::policy::{self, Family, Policy, Refused};
 use crate::scsi::sense::{status, Outcome, SgResult};
 use crate::scsi::vpd;
@@ -35,12 +36,14 @@ pub enum Route {
 
 /// Decides direction and splitting for `cmd` on `dev`.
 pub fn route(cmd: &CmdRequest, dev: &DeviceParams) -> Result<Route, CmdError> {
-    policy::judge(&cmd.cdb, dev.class, dev.family, &dev.policy)?;
+    // One look at the command table, for the policy and the direction.
+    let entry = opcodes::lookup(&cmd.cdb, dev.class);
+    policy::judge_entry(&cmd.cdb, entry, dev.family, &dev.policy)?;
     if cmd.dif_cnt != 0 {
         return Err(CmdError::Dif);
     }
     let len = cmd.data_len();
-    let dir = direction(&cmd.cdb, dev.class, len, !cmd.bidi_iovs.is_empty())?;
+    let dir = direction_of(&cmd.cdb, entry, len, !cmd.bidi_iovs.is_empty())?;
     if dir == Direction::Bidirectional {
         return Err(CmdError::Bidirectional);
     }
@@ -142,7 +145,8 @@ pub fn adjust_response(cmd: &CmdRequest, dev: &DeviceParams, o: &Outcome, map: &
         }
         head[at] |= 0x80;
         copy_head(map, &cmd.iovs, head, true);
-    } else if policy::is_report_supported_opcodes(&cmd.cdb, dev.class) && dev.policy != Policy::FULL
+    } else if policy::is_report_supported_opcodes(&cmd.cdb, dev.class)
+        && !dev.policy.passes_everything()
     {
         let mut data = vec![0u8; moved as usize];
         if copy_head(map, &cmd.iovs, &mut data, false)

@@ -78,6 +78,17 @@ pub fn direction(
     data_len: u64,
     bidi: bool,
 ) -> Result<Direction, DirectionError> {
+    direction_of(cdb, opcodes::lookup(cdb, class), data_len, bidi)
+}
+
+/// As `direction`, with the command's table entry already looked up
+/// (`entry`: `opcodes::lookup` of `cdb` on the device's class).
+pub fn direction_of(
+    cdb: &[u8],
+    entry: Option<opcodes::Op>,
+    data_len: u64,
+    bidi: bool,
+) -> Result<Direction, DirectionError> {
     let &op = cdb.first().ok_or(DirectionError::Empty)?;
     if bidi {
         return Ok(Direction::Bidirectional);
@@ -85,16 +96,14 @@ pub fn direction(
     if data_len == 0 {
         return Ok(Direction::None);
     }
-    opcodes::lookup(cdb, class)
-        .and_then(|o| o.dir)
-        .ok_or(DirectionError::Unknown {
-            opcode: op,
-            sa: if op == 0x7f {
-                opcodes::variable_sa(cdb)
-            } else {
-                0
-            },
-        })
+    entry.and_then(|o| o.dir).ok_or(DirectionError::Unknown {
+        opcode: op,
+        sa: if op == 0x7f {
+            opcodes::variable_sa(cdb)
+        } else {
+            0
+        },
+    })
 }
 
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub struct Op {
     /// told, refused when it carries data).
     pub dir: Option<Direction>,
     pub effect: Effect,
+    /// The service action or mode this entry was picked by, for an opcode
+    /// whose entries differ by one (WRITE BUFFER's MODE, MAINTENANCE
+    /// IN/OUT, ...).
+    pub action: Option<u16>,
 }
 
 const fn op(name: &'static str, dir: Direction, effect: Effect) -> Op {
@@ -80,6 +84,15 @@ const fn op(name: &'static str, dir: Direction, effect: Effect) -> Op {
         name,
         dir: Some(dir),
         effect,
+        action: None,
+    }
+}
+
+/// `o`, picked by service action or mode `action`.
+fn by(action: u16, o: Op) -> Op {
+    Op {
+        action: Some(action),
+        ..o
     }
 }
 
@@ -136,7 +149,7 @@ pub fn lookup(cdb: &[u8], class: DeviceClass) -> Option<Op> {
         0x1c => op("RECEIVE DIAGNOSTIC RESULTS", In, Info),
         0x1d => op("SEND DIAGNOSTIC", Out, Diag),
         0x3c => op("READ BUFFER", In, Info),
-        0x3b => write_buffer(cdb),
+        0x3b => by(sa5(cdb).into(), write_buffer(cdb)),
         0x16 => op("RESERVE(6)", No, Reserve),
         0x17 => op("RELEASE(6)", No, Reserve),
         0x56 => op("RESERVE(10)", Out, Reserve),
@@ -149,31 +162,36 @@ pub fn lookup(cdb: &[u8], class: DeviceClass) -> Option<Op> {
         0xb5 => op("SECURITY PROTOCOL OUT", Out, Security),
         0x8c => op("READ ATTRIBUTE", In, Read),
         0x8d => op("WRITE ATTRIBUTE", Out, Write),
-        0x83 => third_party_copy(cdb),
+        0x83 => by(sa5(cdb).into(), third_party_copy(cdb)),
         0x84 => op("RECEIVE COPY RESULTS", In, Info),
         0x86 => op("ACCESS CONTROL IN", In, Info),
         0x87 => op("ACCESS CONTROL OUT", Out, Admin),
         0xa3 if mmc => op("SEND KEY", Out, Motion),
-        0xa3 => maintenance_in(cdb),
+        0xa3 => by(sa5(cdb).into(), maintenance_in(cdb)),
         0xa4 if mmc => op("REPORT KEY", In, Info),
-        0xa4 => maintenance_out(cdb),
-        0xab => match sa5(cdb) {
-            0x01 => op("READ MEDIA SERIAL NUMBER", In, Info),
-            _ => op("SERVICE ACTION IN(12)", In, Unlisted),
-        },
-        0xa9 => op("SERVICE ACTION OUT(12)", Out, Unlisted),
+        0xa4 => by(sa5(cdb).into(), maintenance_out(cdb)),
+        0xab => by(
+            sa5(cdb).into(),
+            match sa5(cdb) {
+                0x01 => op("READ MEDIA SERIAL NUMBER", In, Info),
+                _ => op("SERVICE ACTION IN(12)", In, Unlisted),
+            },
+        ),
+        0xa9 => by(sa5(cdb).into(), op("SERVICE ACTION OUT(12)", Out, Unlisted)),
         0x85 => Op {
             name: "ATA PASS-THROUGH(16)",
             dir: Some(ata_dir(cdb)),
             effect: Ata,
+            action: None,
         },
         0xa1 if mmc => op("BLANK", No, Format),
         0xa1 => Op {
             name: "ATA PASS-THROUGH(12)",
             dir: Some(ata_dir(cdb)),
             effect: Ata,
+            action: None,
         },
-        0x7f => variable(cdb),
+        0x7f => by(variable_sa(cdb), variable(cdb)),
         0x1b if changer => op("OPEN/CLOSE IMPORT/EXPORT ELEMENT", No, Motion),
         0x1b if tape => op("LOAD UNLOAD", No, Motion),
         0x1b => op("START STOP UNIT", No, Motion),
@@ -274,16 +292,19 @@ pub fn lookup(cdb: &[u8], class: DeviceClass) -> Option<Op> {
         0x90 => op("PRE-FETCH(16)", No, Cache),
         0x91 => op("SYNCHRONIZE CACHE(16)", No, Cache),
         0x93 => op("WRITE SAME(16)", Out, Write),
-        0x94 => zbc_out(cdb),
-        0x95 => zbc_in(cdb),
+        0x94 => by(sa5(cdb).into(), zbc_out(cdb)),
+        0x95 => by(sa5(cdb).into(), zbc_in(cdb)),
         0x9a => op("WRITE STREAM(16)", Out, Write),
         0x9c => op("WRITE ATOMIC(16)", Out, Write),
-        0x9e => service_action_in16(cdb),
-        0x9f => match sa5(cdb) {
-            0x11 => op("WRITE LONG(16)", Out, Diag),
-            0x12 => op("WRITE SCATTERED(16)", Out, Write),
-            _ => op("SERVICE ACTION OUT(16)", Out, Unlisted),
-        },
+        0x9e => by(sa5(cdb).into(), service_action_in16(cdb)),
+        0x9f => by(
+            sa5(cdb).into(),
+            match sa5(cdb) {
+                0x11 => op("WRITE LONG(16)", Out, Diag),
+                0x12 => op("WRITE SCATTERED(16)", Out, Write),
+                _ => op("SERVICE ACTION OUT(16)", Out, Unlisted),
+            },
+        ),
         0xa8 => op("READ(12)", In, Read),
         0xaa => op("WRITE(12)", Out, Write),
         0xac => op("ERASE(12)", No, Write),
@@ -427,6 +448,7 @@ fn variable(cdb: &[u8]) -> Op {
                 name: "ATA PASS-THROUGH(32)",
                 dir: Some(ata_dir(&[0, 0, b])),
                 effect: Ata,
+                action: None,
             };
         }
         _ => {
@@ -434,6 +456,7 @@ fn variable(cdb: &[u8]) -> Op {
                 name: "VARIABLE LENGTH",
                 dir: None,
                 effect: Unlisted,
+                action: None,
             }
         }
     };

@@ -148,6 +148,11 @@ impl Policy {
             .filter(|g| self.grants & g.bit() != 0)
     }
 
+    /// `full` without read-only: nothing is judged.
+    pub fn passes_everything(&self) -> bool {
+        self.level == Level::Full && !self.readonly
+    }
+
     pub fn has(&self, g: Grant) -> bool {
         self.grants & g.bit() != 0
     }
@@ -262,33 +267,32 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// The service action or mode that decides an opcode's entry, if one does.
-fn deciding_field(cdb: &[u8], class: DeviceClass) -> Option<u16> {
-    let b1 = cdb.get(1).copied().unwrap_or(0) & 0x1f;
-    match cdb.first()? {
-        0x7f => Some(opcodes::variable_sa(cdb)),
-        0xa3 | 0xa4 if class == DeviceClass::Mmc => None,
-        0x3b | 0x83 | 0x94 | 0x95 | 0x9e | 0x9f | 0xa3 | 0xa4 | 0xa9 | 0xab => Some(b1 as u16),
-        _ => None,
-    }
-}
-
 /// Judges `cdb` on a device of `class` and `family` under `p`.
 pub fn judge(cdb: &[u8], class: DeviceClass, family: Family, p: &Policy) -> Result<(), Refused> {
+    judge_entry(cdb, opcodes::lookup(cdb, class), family, p)
+}
+
+/// As `judge`, with the command's table entry already looked up (`entry`:
+/// `opcodes::lookup` of `cdb` on the device's class).
+pub fn judge_entry(
+    cdb: &[u8],
+    entry: Option<Op>,
+    family: Family,
+    p: &Policy,
+) -> Result<(), Refused> {
     let Some(&opcode) = cdb.first() else {
         return Ok(());
     };
-    if p.level == Level::Full && !p.readonly {
+    if p.passes_everything() {
         return Ok(());
     }
-    let entry = opcodes::lookup(cdb, class);
     let vendor = opcode >= 0xc0;
     let effect = match entry {
         Some(Op { effect, .. }) => effect,
         None if vendor => Effect::Vendor,
         None => Effect::Unlisted,
     };
-    let action = deciding_field(cdb, class);
+    let action = entry.and_then(|o| o.action);
     let refuse = |answer| Refused {
         opcode,
         action,
@@ -306,7 +310,7 @@ pub fn judge(cdb: &[u8], class: DeviceClass, family: Family, p: &Policy) -> Resu
     if p.level == Level::Standard {
         let granted = Grant::for_effect(effect).is_some_and(|g| p.has(g));
         if !(family.allows(effect) || granted) {
-            let answer = if action.is_some() && entry.is_some() {
+            let answer = if action.is_some() {
                 Answer::Field
             } else {
                 Answer::Opcode
@@ -367,7 +371,9 @@ fn reported_passes(
     };
     match sa {
         Some(sa) => try_sa(&mut cdb, sa),
-        None if deciding_field(&cdb, class).is_some() => (0..0x20).any(|m| try_sa(&mut cdb, m)),
+        None if opcodes::lookup(&cdb, class).is_some_and(|o| o.action.is_some()) => {
+            (0..0x20).any(|m| try_sa(&mut cdb, m))
+        }
         None => judge(&cdb, class, family, p).is_ok(),
     }
 }
@@ -386,7 +392,7 @@ pub fn filter_supported_opcodes(
     family: Family,
     p: &Policy,
 ) -> bool {
-    if p.level == Level::Full && !p.readonly {
+    if p.passes_everything() {
         return false;
     }
     let options = cdb[2] & 0x07;
