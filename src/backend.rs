@@ -25,10 +25,86 @@ pub fn probe(cfg: &DevConfig) -> Result<BackingInfo, BackingError> {
 pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
     let r = backing::resolve(&cfg.path, sys())?;
     if crate::mpath::is_dm(&r, sys()) {
-        return crate::mpath::open(cfg, &r);
+        return crate::mpath::open(cfg, &r).map_err(name_holders);
     }
     refuse_a_maps_path(cfg, &r)?;
-    backing::open(cfg)
+    backing::open(cfg).map_err(name_holders)
+}
+
+/// An exclusive open refused with EBUSY becomes [`BackingError::Busy`],
+/// naming what holds the disk.
+fn name_holders(e: BackingError) -> BackingError {
+    match e {
+        BackingError::Io { path, err } if err.raw_os_error() == Some(libc::EBUSY) => {
+            let holders = holders_of(&path, sys(), Path::new("/proc/self/mountinfo"));
+            BackingError::Busy {
+                holders: if holders.is_empty() {
+                    "another exclusive opener: a second tcmu-sg device or pscsi \
+                     backstore on it, or a program such as mkfs"
+                        .into()
+                } else {
+                    format!("held by {}", holders.join(", "))
+                },
+                path,
+            }
+        }
+        e => e,
+    }
+}
+
+/// What holds a block device or one of its partitions: device-mapper
+/// and md devices stacked on it (by their names) and mounted filesystems.
+pub fn holders_of(node: &Path, sys: &Path, mountinfo: &Path) -> Vec<String> {
+    let Ok(r) = backing::resolve(node, sys) else {
+        return Vec::new();
+    };
+    if !r.block {
+        return Vec::new();
+    }
+    let disk = r.sysfs(sys);
+    // The disk and its partitions: (sysfs dir, kernel name, major:minor).
+    let mut parts = vec![disk.clone()];
+    if let Ok(d) = std::fs::read_dir(&disk) {
+        parts.extend(
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("partition").exists()),
+        );
+    }
+    let mounts = std::fs::read_to_string(mountinfo).unwrap_or_default();
+    let mut out = Vec::new();
+    for p in &parts {
+        let kname = p
+            .canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        for h in std::fs::read_dir(p.join("holders"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let hname = h.file_name().to_string_lossy().into_owned();
+            let what = match backing::read_trim(&h.path().join("dm/name")) {
+                Some(dm) => format!("device-mapper {dm} ({hname})"),
+                None => hname,
+            };
+            out.push(format!("{what} on {kname}"));
+        }
+        let Some(devno) = backing::read_trim(&p.join("dev")) else {
+            continue;
+        };
+        // mountinfo: id parent major:minor root mount-point ...
+        for l in mounts.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.get(2) == Some(&devno.as_str()) {
+                if let Some(at) = f.get(4) {
+                    out.push(format!("{kname} mounted on {at}"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A disk that a multipath map holds is one path to a unit the map
@@ -70,10 +146,49 @@ fn refuse_a_maps_path(cfg: &DevConfig, r: &backing::Resolved) -> Result<(), Back
     }
 }
 
-/// For `check-config` and targetcli's CheckConfig: parses and probes
-/// without opening the device for SG_IO.
+/// For `check-config` and targetcli's CheckConfig: parses and probes,
+/// then opens the node exclusively as the daemon would and closes it, so
+/// that a disk something else holds is refused here as it would be there.
 pub fn check_config(cfg: &str) -> Result<String, String> {
     let c = crate::config::parse(cfg).map_err(|e| e.to_string())?;
     let info = probe(&c).map_err(|e| e.to_string())?;
-    Ok(format!("sg: {}", info.describe()))
+    if info.block {
+        backing::open_node(&info, true)
+            .map_err(name_holders)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut out = format!("sg: {}", info.describe());
+    if let Some(note) = floor_note(&c, info.block) {
+        out.push_str("; ");
+        out.push_str(&note);
+    }
+    Ok(out)
+}
+
+/// A `timeout_s` under the kernel's floor for SG_IO on a block node acts
+/// as the floor: said, since the string reads otherwise.
+fn floor_note(c: &DevConfig, block: bool) -> Option<String> {
+    let floor = crate::expiry::BLOCK_SG_FLOOR.as_secs();
+    let t = u64::from(c.timeout_s?);
+    (block && t < floor).then(|| {
+        format!(
+            "note: timeout_s={t} acts as {floor} s, the least the kernel allows an SG_IO \
+             on a disk's block node"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_under_the_block_floor_is_noted() {
+        let c = |s| crate::config::parse(s).unwrap();
+        let n = floor_note(&c("sg//dev/sdb;timeout_s=3"), true).unwrap();
+        assert!(n.contains("timeout_s=3 acts as 7 s"), "{n}");
+        assert_eq!(floor_note(&c("sg//dev/sdb;timeout_s=3"), false), None);
+        assert_eq!(floor_note(&c("sg//dev/sdb;timeout_s=7"), true), None);
+        assert_eq!(floor_note(&c("sg//dev/sdb"), true), None);
+    }
 }

@@ -58,6 +58,13 @@ pub struct Lost {
     first: bool,
 }
 
+impl Lost {
+    /// Why there is no backing device (not there yet, busy, lost).
+    pub fn why(&self) -> &str {
+        &self.why
+    }
+}
+
 /// Back-off between attempts to open a lost path again: from the first
 /// value, doubling, to the second (a path that returns is served again
 /// within that, plus the kernel's own scan).
@@ -99,7 +106,7 @@ pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
     };
     match crate::backend::open(&c) {
         Ok(b) => BackingState::Up(Arc::new(b)),
-        Err(e) if e.is_absent() => {
+        Err(e) if e.is_absent() || e.is_busy() => {
             let timeouts = backing::timeouts_of(&c, crate::scsi::direction::DeviceClass::Block);
             BackingState::Lost(Box::new(Lost {
                 node: c.path.clone(),
@@ -110,7 +117,11 @@ pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
                 sg_floor: crate::expiry::BLOCK_SG_FLOOR,
                 queueing: Duration::ZERO,
                 max_inflight: 1,
-                why: format!("not there yet: {e}"),
+                why: if e.is_busy() {
+                    e.to_string()
+                } else {
+                    format!("not there yet: {e}")
+                },
                 retry: Retry::start(),
                 refused: None,
                 first: true,
@@ -313,6 +324,11 @@ impl BackingSlot {
                     l.refused = b.identity.clone();
                 }
             }
+            // A busy disk says so once, and again when what holds it changes.
+            Err(e) if e.is_busy() && l.why != e.to_string() => {
+                log::warn!("{}: {e}", self.label);
+                l.why = e.to_string();
+            }
             Err(e) => log::debug!("{}: {} not back: {e}", self.label, cfg.path.display()),
         }
         Reopen::Wait(l.retry.failed())
@@ -340,10 +356,11 @@ impl BackingSlot {
                 self.label
             ),
             BackingState::Lost(l) => log::warn!(
-                "{}: reconfigured to {}, which is not there yet; answering NOT READY and \
-                 looking for it every {:?} or less",
+                "{}: reconfigured to {}: {}; answering NOT READY and trying it again \
+                 every {:?} or less",
                 self.label,
                 l.cfg.path.display(),
+                l.why,
                 REOPEN_BACKOFF.1
             ),
         }

@@ -107,7 +107,17 @@ impl Registry {
         };
         let uiodev = match UioDevice::open(&self.sys, &self.dev, &d.uio) {
             Ok(u) => u,
-            Err(e) => return fail(self, format!("cannot open /dev/{}: {e}", d.uio)),
+            Err(e) => {
+                // EPERM for root: the unit's device access list, fixed
+                // when it started, has no uio major (the module came later).
+                let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                    "; under systemd this means target_core_user was loaded after \
+                     tcmu-sg started: restart it (systemctl restart tcmu-sg)"
+                } else {
+                    ""
+                };
+                return fail(self, format!("cannot open /dev/{}: {e}{hint}", d.uio));
+            }
         };
         let store = match configfs::Target::at(self.sys.join("kernel/config/target"))
             .user_backstore(d.name.hba, &d.name.device)
@@ -176,10 +186,11 @@ impl Registry {
                 "{label}: bad config '{}' ({e}); answering every command NOT READY",
                 d.name.cfg
             ),
-            BackingState::Lost(_) => log::warn!(
-                "{label}: '{}': the backing device is not there yet; answering NOT READY \
-                 and looking for it every {:?} or less",
+            BackingState::Lost(l) => log::warn!(
+                "{label}: '{}': {}; answering NOT READY and trying it again every {:?} \
+                 or less",
                 d.name.cfg,
+                l.why(),
                 super::backing_state::REOPEN_BACKOFF.1
             ),
         }

@@ -27,6 +27,15 @@ pub enum BackingError {
     #[error("{0}: not a SCSI device (no scsi_device in sysfs)")]
     NotScsi(PathBuf),
     #[error(
+        "{path}: a {driver} node; tcmu-sg sends the commands through the same \
+         device's SCSI generic node: use {sg} (sg/{sg})"
+    )]
+    UseSgNode {
+        path: PathBuf,
+        driver: String,
+        sg: String,
+    },
+    #[error(
         "{path}: a device-mapper device with a {target} table; of device-mapper \
          devices only dm-multipath maps can be served (give the map, or one SCSI disk)"
     )]
@@ -35,6 +44,13 @@ pub enum BackingError {
     Map { path: PathBuf, why: String },
     #[error("{0}: the multipath map has no paths (yet)")]
     NoPaths(PathBuf),
+    #[error(
+        "{path}: in use ({holders}); tcmu-sg opens a disk exclusively so that nothing \
+         mounts it under the initiator: release it (unmount it, remove it from LVM or md, \
+         or blacklist it in multipath.conf and give the map instead); the daemon retries \
+         a busy disk every 2 s"
+    )]
+    Busy { path: PathBuf, holders: String },
     #[error("{0}: is a partition; pass the whole disk")]
     Partition(PathBuf),
     #[error("{path}: bad sysfs value in {file}")]
@@ -53,6 +69,11 @@ impl BackingError {
             BackingError::NoPaths(_) => true,
             _ => false,
         }
+    }
+
+    /// Something else holds the disk; it may let go of it.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, BackingError::Busy { .. })
     }
 }
 
@@ -439,7 +460,22 @@ pub fn probe_resolved(
     } else {
         let d = r.sysfs(sys);
         let subsystem = fs::read_link(d.join("subsystem")).ok();
-        if subsystem.as_ref().and_then(|s| s.file_name()) != Some("scsi_generic".as_ref()) {
+        let subsystem = subsystem.as_ref().and_then(|s| s.file_name());
+        if subsystem != Some("scsi_generic".as_ref()) {
+            // A tape's st node or a changer's ch node: its SCSI device
+            // has an sg node, which is the one to give.
+            let sg = fs::read_dir(d.join("device/scsi_generic"))
+                .ok()
+                .and_then(|mut it| it.next())
+                .and_then(|e| e.ok())
+                .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()));
+            if let (Some(sg), Some(driver)) = (sg, subsystem) {
+                return Err(BackingError::UseSgNode {
+                    path: given.clone(),
+                    driver: driver.to_string_lossy().into_owned(),
+                    sg,
+                });
+            }
             return Err(BackingError::NotScsi(given.clone()));
         }
         let blk = fs::read_dir(d.join("device/block"))
@@ -624,6 +660,25 @@ mod tests {
         assert_eq!(id(0x83, &other_port).unit(), unit);
         assert_ne!(id(0x83, &other_port), id(0x83, &b));
         assert_eq!(id(0x80, b"SER\x1b[2J123\0").name(), "SER [2J123");
+    }
+
+    #[test]
+    fn a_tape_or_changer_node_is_refused_naming_its_sg_node() {
+        // /dev/null (char 1:3) stands for /dev/nst0 in a sysfs of our own.
+        let sys = std::env::temp_dir().join(format!("tcmu-sg-sys-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&sys);
+        let d = sys.join("dev/char/1:3");
+        fs::create_dir_all(d.join("device/scsi_generic/sg7")).unwrap();
+        fs::create_dir_all(sys.join("class/scsi_tape")).unwrap();
+        std::os::unix::fs::symlink(sys.join("class/scsi_tape"), d.join("subsystem")).unwrap();
+        let e = probe(&cfg("sg//dev/null"), &sys).unwrap_err();
+        fs::remove_dir_all(&sys).unwrap();
+        assert!(matches!(e, BackingError::UseSgNode { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("a scsi_tape node") && e.contains("use /dev/sg7"),
+            "{e}"
+        );
     }
 
     #[test]

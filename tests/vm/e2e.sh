@@ -217,7 +217,7 @@ echo "TEST UNIT READY on a device without backing: $t"
 check "  and every command is answered NOT READY 04/03" \
     grep -q '"status": 2,.*"sense": "700002000000000a00000000040300000000"' <<< "$t"
 "$BIN" set-config --name d1 "sg//dev/sd-gone"
-check "RECONFIG to a path that leads nowhere yet is logged" wait_log "reconfigured to /dev/sd-gone, which is not there yet"
+check "RECONFIG to a path that leads nowhere yet is logged" wait_log "reconfigured to /dev/sd-gone: not there yet"
 t=$($SGIO run "$LUN_SG" 000000000000)
 check "  and commands are answered NOT READY 05/00 while it is looked for" \
     grep -q '"status": 2,.*"sense": "700002000000000a00000000050000000000"' <<< "$t"
@@ -226,6 +226,33 @@ check "the daemon is still running" kill -0 $DAEMON
 wait_log "reconfigured: .*max transfer 4096 KiB" || true
 t=$($SGIO run "$LUN_SG" 000000000000)
 check "  and recovers when pointed back at the disk" grep -q '"status": 0,' <<< "$t"
+
+# --- a disk something else holds ----------------------------------------------
+# A device-mapper table over another scsi_debug disk holds it: check-config
+# and the daemon both refuse it naming the holder; the daemon retries it and
+# serves it once the holder is gone.
+# (another LUN of scsi_debug's own host: the tcm_loop LUN answers INQUIRY
+# as "Linux scsi_debug" too, and is served by d1 itself)
+BUSY=$(lsscsi | awk -v h="[$backing_host:" 'index($1, h) == 1 && /scsi_debug/ {print $NF}' | tail -1)
+[ -n "$BUSY" ] && [ "$BUSY" != "$BACK" ] || bad "a second scsi_debug disk for the busy-disk checks"
+modprobe dm_mod 2>/dev/null
+dmsetup create tcmu-sg-busy --table "0 2048 linear $BUSY 0"
+from=$(wc -l < "$LOG")
+wait_new() { wait_for 10 bash -c "tail -n +$((from + 1)) '$LOG' | grep -q '$1'"; }
+cc=$("$BIN" check-config "sg/$BUSY" 2>&1); ccrc=$?
+echo "check-config of a held disk: rc $ccrc: $cc"
+check "check-config refuses a disk device-mapper holds, naming the holder" \
+    bash -c "[ $ccrc -ne 0 ] && grep -q 'in use (held by device-mapper tcmu-sg-busy' <<< '$cc'"
+"$BIN" set-config --name d1 "sg/$BUSY"
+check "  the daemon says the same and retries it" \
+    wait_new "reconfigured to $BUSY: $BUSY: in use (held by device-mapper tcmu-sg-busy"
+t=$($SGIO run "$LUN_SG" 000000000000)
+check "  meanwhile commands are answered NOT READY" grep -q '"status": 2,.*"sense": "7000020000' <<< "$t"
+dmsetup remove tcmu-sg-busy
+check "  and serves the disk once it is released" wait_new "backing device there after"
+t=$($SGIO run "$LUN_SG" 000000000000)
+check "  which answers" grep -q '"status": 0,' <<< "$t"
+"$BIN" set-config --name d1 "sg/$BACK"
 
 # --- a dead backing device ---------------------------------------------------
 # scsi_debug ignores every command (opts=4, every_nth=1): our SG_IO times out
