@@ -43,8 +43,10 @@ pub enum ConfigError {
     TooLong,
     #[error("config string contains a non-printable or non-ASCII character")]
     BadChar,
-    #[error("handler '{0}' is not sg (expected sg/<device>)")]
+    #[error("handler '{0}' is not sg (expected sg/<device>, e.g. sg//dev/sdb)")]
     Subtype(String),
+    #[error("'{0}' names no backing device (expected sg/<device>, e.g. sg//dev/sdb)")]
+    NoDevice(String),
     #[error("backing device '{0}' is not an absolute path under /dev")]
     Path(String),
     #[error("unknown option '{0}' (known: max_xfer_kb, timeout_s, long_timeout_s, max_inflight, policy, readonly)")]
@@ -128,6 +130,8 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
         r
     } else if cfg.starts_with('/') {
         cfg
+    } else if cfg == "sg" {
+        return Err(ConfigError::NoDevice(cfg.into()));
     } else {
         let sub = cfg.split('/').next().unwrap_or_default();
         return Err(ConfigError::Subtype(sub.into()));
@@ -160,7 +164,7 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
         seen.push(k);
         match k {
             "max_xfer_kb" => {
-                c.max_xfer_kb = Some(number(k, v, 4, 1 << 20, "expected 4..=1048576 KiB")?);
+                c.max_xfer_kb = Some(number(k, v, 4, 1 << 20, "expected 4 to 1048576 KiB")?);
             }
             "timeout_s" => {
                 c.timeout_s = Some(number(
@@ -168,7 +172,7 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
                     v,
                     1,
                     MAX_TIMEOUT_S,
-                    "expected 1..=86400 seconds",
+                    "expected 1 to 86400 seconds",
                 )?);
             }
             "long_timeout_s" => {
@@ -177,11 +181,11 @@ pub fn parse_with(cfg: &str, d: &OptionDefaults) -> Result<DevConfig, ConfigErro
                     v,
                     1,
                     MAX_TIMEOUT_S,
-                    "expected 1..=86400 seconds",
+                    "expected 1 to 86400 seconds",
                 )?);
             }
             "max_inflight" => {
-                c.max_inflight = Some(number(k, v, 1, MAX_INFLIGHT, "expected 1..=1024")?);
+                c.max_inflight = Some(number(k, v, 1, MAX_INFLIGHT, "expected 1 to 1024")?);
             }
             "policy" => {
                 let readonly = c.policy.readonly;
@@ -229,6 +233,13 @@ mod tests {
             Some(4)
         );
         assert_eq!(parse("/dev/sg3").unwrap().path, PathBuf::from("/dev/sg3"));
+    }
+
+    #[test]
+    fn a_bare_handler_name_says_what_is_missing() {
+        assert_eq!(parse("sg"), Err(ConfigError::NoDevice("sg".into())));
+        assert!(parse("sg").unwrap_err().to_string().contains("sg//dev/sdb"));
+        assert_eq!(parse("rbd/x"), Err(ConfigError::Subtype("rbd".into())));
     }
 
     #[test]

@@ -94,54 +94,103 @@ impl Settings {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
+        let bad = |section, key, msg: String| Err(Invalid { section, key, msg });
         if self.log.level.parse::<log::LevelFilter>().is_err() {
-            return Err(format!(
-                "log.level '{}': expected error, warn, info, debug or trace",
-                self.log.level
-            ));
+            return bad(
+                "log",
+                "level",
+                format!(
+                    "log.level '{}': expected error, warn, info, debug or trace",
+                    self.log.level
+                ),
+            );
         }
         if !["stderr", "syslog", "journald"].contains(&self.log.target.as_str()) {
-            return Err(format!(
-                "log.target '{}': expected stderr, syslog or journald",
-                self.log.target
-            ));
+            return bad(
+                "log",
+                "target",
+                format!(
+                    "log.target '{}': expected stderr, syslog or journald",
+                    self.log.target
+                ),
+            );
         }
         if !(1..=65536).contains(&self.io.max_threads) {
-            return Err(format!(
-                "io.max_threads {}: expected 1..=65536",
-                self.io.max_threads
-            ));
+            return bad(
+                "io",
+                "max_threads",
+                format!(
+                    "io.max_threads {}: expected 1 to 65536",
+                    self.io.max_threads
+                ),
+            );
         }
         if self.io.poll_us > 1_000_000 {
-            return Err(format!(
-                "io.poll_us {}: expected 0..=1000000",
-                self.io.poll_us
-            ));
+            return bad(
+                "io",
+                "poll_us",
+                format!("io.poll_us {}: expected 0 to 1000000", self.io.poll_us),
+            );
         }
-        // The defaults must make a valid config string.
-        let mut probe = String::from("sg//dev/x");
-        if let Some(t) = self.defaults.timeout_s {
-            probe += &format!(";timeout_s={t}");
+        // Each default must make a valid config string.
+        let d = &self.defaults;
+        for (key, v) in [
+            ("timeout_s", d.timeout_s),
+            ("long_timeout_s", d.long_timeout_s),
+            ("max_xfer_kb", d.max_xfer_kb),
+            ("max_inflight", d.max_inflight),
+        ] {
+            let Some(v) = v else { continue };
+            if let Err(e) = crate::config::parse(&format!("sg//dev/x;{key}={v}")) {
+                return bad("defaults", key, format!("defaults: {e}"));
+            }
         }
-        if let Some(t) = self.defaults.long_timeout_s {
-            probe += &format!(";long_timeout_s={t}");
-        }
-        if let Some(k) = self.defaults.max_xfer_kb {
-            probe += &format!(";max_xfer_kb={k}");
-        }
-        if let Some(n) = self.defaults.max_inflight {
-            probe += &format!(";max_inflight={n}");
-        }
-        crate::config::parse(&probe).map_err(|e| format!("defaults: {e}"))?;
         if !self.status.socket.is_absolute() {
-            return Err(format!(
-                "status.socket '{}': expected an absolute path",
-                self.status.socket.display()
-            ));
+            return bad(
+                "status",
+                "socket",
+                format!(
+                    "status.socket '{}': expected an absolute path",
+                    self.status.socket.display()
+                ),
+            );
         }
         Ok(())
     }
+}
+
+/// A value that parsed but is out of bounds, and where it is.
+struct Invalid {
+    section: &'static str,
+    key: &'static str,
+    msg: String,
+}
+
+/// The line (1-based) where `key` is set in `[section]`.
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = "";
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            current = name.trim();
+        } else if current == section
+            && l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The TOML parser's words for a type, in ours.
+fn plain(msg: &str) -> String {
+    let mut m = msg.replace('\n', " ");
+    for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
+        m = m.replace(&format!("expected {t}"), "expected a whole number");
+    }
+    m
 }
 
 /// Parses settings from TOML text. The error is one line: `line N: why`.
@@ -150,13 +199,17 @@ pub fn parse(text: &str) -> Result<Settings, String> {
         let line = e
             .span()
             .map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1);
-        let msg = e.message().replace('\n', " ");
+        let msg = plain(e.message());
         match line {
             Some(l) => format!("line {l}: {msg}"),
             None => msg,
         }
     })?;
-    s.validate()?;
+    s.validate()
+        .map_err(|v| match line_of(text, v.section, v.key) {
+            Some(l) => format!("line {l}: {}", v.msg),
+            None => v.msg,
+        })?;
     Ok(s)
 }
 
@@ -205,12 +258,15 @@ mod tests {
         let e = parse("[log\n").unwrap_err();
         assert!(e.starts_with("line 1:"), "{e}");
         assert!(!e.contains('\n'));
-        assert!(parse("[log]\nlevel = \"loud\"\n")
-            .unwrap_err()
-            .contains("log.level"));
-        assert!(parse("[defaults]\ntimeout_s = 0\n")
-            .unwrap_err()
-            .contains("timeout_s"));
+        let e = parse("[io]\nmax_threads = \"many\"\n").unwrap_err();
+        assert!(e.ends_with("expected a whole number"), "{e}");
+        let e = parse("[log]\ntarget = \"stderr\"\nlevel = \"loud\"\n").unwrap_err();
+        assert!(e.starts_with("line 3: log.level 'loud'"), "{e}");
+        let e = parse("[io]\npoll_us = 1\n[defaults]\n\n timeout_s = 0\n").unwrap_err();
+        assert!(e.starts_with("line 5: defaults: option timeout_s=0"), "{e}");
+        assert!(e.contains("expected 1 to 86400 seconds"), "{e}");
+        let e = parse("[io]\nmax_threads = 0\n").unwrap_err();
+        assert!(e.starts_with("line 2: ") && e.contains("1 to 65536"), "{e}");
         assert!(parse("[io]\nmax_threads = 0\n").is_err());
         let e = parse("[defaults]\npolicy = \"open\"\n").unwrap_err();
         assert!(e.contains("unknown policy 'open'"), "{e}");
