@@ -104,12 +104,7 @@ fn loop_target(t: &Target, name: &str) -> Result<LoopTarget, String> {
 /// initiator's block device; the daemon must be running, since the
 /// initiator's scan of the new LUN is answered by it.
 pub fn export(t: &Target, spec: &ExportSpec) -> Result<Exported, String> {
-    if !t.available() {
-        return Err(format!(
-            "{} not found: load target_core_user and tcm_loop and mount configfs",
-            t.root().display()
-        ));
-    }
+    need_target(t)?;
     let mut cfg = format!("sg/{}", spec.backing.display());
     if let Some(o) = &spec.options {
         cfg.push(';');
@@ -304,17 +299,39 @@ pub fn set_config(t: &Target, name: &str, hba: u32, cfg: &str) -> Result<(), Str
     b.set_attrib("dev_config", &cfg).map_err(|e| e.to_string())
 }
 
-/// Removes what `export` created.
+/// LIO's configfs tree is there, or the error that says how to get it.
+fn need_target(t: &Target) -> Result<(), String> {
+    if t.available() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} not found: load the modules and mount configfs \
+         (modprobe -a target_core_user tcm_loop; mount -t configfs none /sys/kernel/config)",
+        t.root().display()
+    ))
+}
+
+/// Removes what `export` created. A name with nothing behind it is an
+/// error, so a typo does not pass for a removal.
 pub fn unexport(t: &Target, name: &str, hba: u32) -> Result<(), String> {
+    need_target(t)?;
     let l = loop_target(t, name)?;
+    let it = t.iscsi(&iqn_for(name)).map_err(|e| e.to_string())?;
+    let b = t.user_backstore(hba, name).map_err(|e| e.to_string())?;
+    if !l.path().exists() && !it.path().exists() && !b.exists() {
+        return Err(format!(
+            "nothing named '{name}' to remove: no {} and no tcm_loop or iSCSI target \
+             exported under that name (`tcmu-sg status` lists the devices tcmu-sg serves; \
+             --hba if the backstore is not on user_{hba})",
+            b.path().display()
+        ));
+    }
     if l.path().exists() {
         l.remove(1).map_err(|e| e.to_string())?;
     }
-    let it = t.iscsi(&iqn_for(name)).map_err(|e| e.to_string())?;
     if it.path().exists() {
         it.remove(1).map_err(|e| e.to_string())?;
     }
-    let b = t.user_backstore(hba, name).map_err(|e| e.to_string())?;
     b.remove().map_err(|e| e.to_string())
 }
 
@@ -348,6 +365,24 @@ mod tests {
         let without = needed_cmd_time_out(DeviceClass::Stream, s(900), Duration::ZERO, s(0));
         let with = needed_cmd_time_out(DeviceClass::Stream, s(900), Duration::ZERO, s(5));
         assert!(with > without, "{with:?} {without:?}");
+    }
+
+    #[test]
+    fn unexport_of_a_name_with_nothing_behind_it_is_an_error_that_says_why() {
+        let root = std::env::temp_dir().join(format!("tcmu-sg-unexport-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let t = Target::at(&root);
+        let e = unexport(&t, "d0", 1).unwrap_err();
+        assert!(e.contains("modprobe -a target_core_user"), "{e}");
+        std::fs::create_dir_all(root.join("core")).unwrap();
+        let e = unexport(&t, "typo", 1).unwrap_err();
+        assert!(e.contains("nothing named 'typo'"), "{e}");
+        // Something exported under the name is removed.
+        std::fs::create_dir_all(root.join("core/user_1/d0")).unwrap();
+        unexport(&t, "d0", 1).unwrap();
+        assert!(!root.join("core/user_1/d0").exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
