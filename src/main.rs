@@ -35,8 +35,13 @@ enum Cmd {
         /// Refresh every second.
         #[arg(long)]
         watch: bool,
-        #[arg(long, default_value = tcmu_sg::status::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// The daemon's status socket (default: `[status] socket` of the
+        /// settings file, else /run/tcmu-sg/status.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The settings file whose `[status] socket` to use.
+        #[arg(long, default_value = settings::DEFAULT_PATH)]
+        config: PathBuf,
     },
     /// Write the man pages (tcmu-sg.8 and one per subcommand) into DIR.
     #[command(hide = true)]
@@ -53,7 +58,9 @@ enum Cmd {
         cfgstring: std::ffi::OsString,
     },
     /// Create a user:sg backstore over BACKING and export it through tcm_loop
-    /// (the daemon must be running); prints the initiator's block device.
+    /// or iSCSI (the daemon must be running); prints what the initiator
+    /// uses: a tcm_loop disk's node (a tape's or changer's sg node), or the
+    /// iSCSI target's IQN.
     Export(ExportArgs),
     /// Print and check the raw entries queued on an unserved device
     /// (diagnostics; the device must not be served by a running daemon).
@@ -228,6 +235,11 @@ fn status(json: bool, prometheus: bool, watch: bool, socket: &std::path::Path) -
             Ok(r) => r,
             Err(e) => {
                 eprintln!("tcmu-sg status: {e}");
+                if prometheus {
+                    // A textfile collector's file then says the daemon is
+                    // down instead of keeping its last figures.
+                    print!("{}", tcmu_sg::status::daemon_up(false));
+                }
                 return ExitCode::from(1);
             }
         };
@@ -321,12 +333,38 @@ fn export(a: ExportArgs) -> ExitCode {
     }
 }
 
+/// The man pages: clap's sections (the help subcommand left out, it has
+/// no page), then the reference that `--help` does not hold: the config
+/// string, settings, signals, files and exit status on tcmu-sg(8) and
+/// tcmu-sg-run(8), the exit status on the others.
 fn gen_man(dir: &std::path::Path) -> ExitCode {
+    const DAEMON: &str = include_str!("../packaging/man/daemon.roff");
+    const COMMAND: &str = include_str!("../packaging/man/command.roff");
     let write = |cmd: clap::Command, name: &str| -> std::io::Result<()> {
         let mut f = std::fs::File::create(dir.join(format!("{name}.8")))?;
-        clap_mangen::Man::new(cmd).section("8").render(&mut f)
+        let man = clap_mangen::Man::new(cmd.clone()).section("8");
+        man.render_title(&mut f)?;
+        man.render_name_section(&mut f)?;
+        man.render_synopsis_section(&mut f)?;
+        man.render_description_section(&mut f)?;
+        if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+            man.render_options_section(&mut f)?;
+        }
+        if cmd.get_subcommands().any(|c| !c.is_hide_set()) {
+            man.render_subcommands_section(&mut f)?;
+        }
+        let extra = if name == "tcmu-sg" || name == "tcmu-sg-run" {
+            DAEMON
+        } else {
+            COMMAND
+        };
+        f.write_all(extra.as_bytes())?;
+        if cmd.get_version().is_some() {
+            man.render_version_section(&mut f)?;
+        }
+        Ok(())
     };
-    let cli = Cli::command();
+    let cli = Cli::command().disable_help_subcommand(true);
     let mut r = std::fs::create_dir_all(dir).and_then(|_| write(cli.clone(), "tcmu-sg"));
     for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
         let name = format!("tcmu-sg-{}", sub.get_name());
@@ -394,6 +432,18 @@ fn run(a: RunArgs) -> ExitCode {
         eprintln!("tcmu-sg: {e}");
         return ExitCode::from(2);
     }
+    let missing = std::fs::read_to_string("/proc/self/status")
+        .map(|s| tcmu_sg::sys::missing_capabilities(&s))
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        log::error!(
+            "tcmu-sg run needs CAP_SYS_RAWIO (SG_IO) and CAP_NET_ADMIN (TCM-USER events) \
+             and lacks {}: run it as root (sudo tcmu-sg run) or through the packaged unit \
+             (systemctl start tcmu-sg)",
+            missing.join(" and ")
+        );
+        return ExitCode::from(1);
+    }
     if !tcmu_sg::sys::limit_malloc_arenas(2) {
         log::warn!("malloc arenas not bounded (mallopt refused M_ARENA_MAX)");
     }
@@ -447,7 +497,20 @@ fn main() -> ExitCode {
             prometheus,
             watch,
             socket,
-        } => status(json, prometheus, watch, &socket),
+            config,
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let required = config != std::path::Path::new(settings::DEFAULT_PATH);
+                    match settings::load(&config, required) {
+                        Ok(s) => s.status.socket,
+                        Err(e) => return failed("status", e),
+                    }
+                }
+            };
+            status(json, prometheus, watch, &socket)
+        }
         Cmd::CheckConfig { cfgstring } => check_config(cfgstring),
         Cmd::Export(a) => export(a),
         Cmd::RingDump { device, wait } => {

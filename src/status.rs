@@ -269,9 +269,26 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `tcmu_sg_up`: 1 when the daemon answered, 0 when it did not (then the
+/// whole exposition, so a textfile collector's file says the daemon is
+/// down rather than keeping its last figures).
+pub fn daemon_up(up: bool) -> String {
+    format!(
+        "# HELP tcmu_sg_up 1 while the tcmu-sg daemon answers on its status socket.\n\
+         # TYPE tcmu_sg_up gauge\ntcmu_sg_up {}\n",
+        u8::from(up)
+    )
+}
+
 /// The Prometheus text exposition format (version 0.0.4).
 pub fn prometheus(r: &Report) -> String {
-    let mut o = String::new();
+    let mut o = daemon_up(true);
+    let _ = writeln!(
+        o,
+        "# HELP tcmu_sg_build_info 1, labelled with the daemon's version.\n\
+         # TYPE tcmu_sg_build_info gauge\ntcmu_sg_build_info{{version=\"{}\"}} 1",
+        label(&r.version)
+    );
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(
             o,
@@ -279,7 +296,7 @@ pub fn prometheus(r: &Report) -> String {
         );
     };
     family(
-        "up",
+        "device_up",
         "gauge",
         "1 while the device is served by its backing device.",
     );
@@ -372,7 +389,7 @@ pub fn prometheus(r: &Report) -> String {
         let mut m = |name: &str, extra: &str, v: u64| {
             let _ = writeln!(o, "tcmu_sg_{name}{{{l}{extra}}} {v}");
         };
-        m("up", "", u64::from(d.state == "serving"));
+        m("device_up", "", u64::from(d.state == "serving"));
         m("commands_total", "", c.done);
         m("in_flight", "", c.in_flight);
         m("bytes_total", ",direction=\"read\"", c.read_bytes);
@@ -513,9 +530,20 @@ mod tests {
 
     #[test]
     fn prometheus_exposition_is_well_formed() {
-        let p = prometheus(&report());
+        let r = report();
+        let p = prometheus(&r);
         let l = "device=\"user_1/d0\",uio=\"uio0\",backing=\"/dev/sdb\"";
         assert!(p.contains(&format!("tcmu_sg_commands_total{{{l}}} 1000\n")));
+        assert!(
+            p.starts_with("# HELP tcmu_sg_up ") && p.contains("\ntcmu_sg_up 1\n"),
+            "{p}"
+        );
+        assert!(p.contains(&format!(
+            "tcmu_sg_build_info{{version=\"{}\"}} 1\n",
+            r.version
+        )));
+        assert!(p.contains(&format!("tcmu_sg_device_up{{{l}}} ")));
+        assert!(daemon_up(false).ends_with("\ntcmu_sg_up 0\n"));
         assert!(p.contains(&format!(
             "tcmu_sg_check_condition_total{{{l},sense_key=\"0x3\"}} 1\n"
         )));
@@ -526,11 +554,13 @@ mod tests {
         assert!(p.contains(&format!("tcmu_sg_stale_refused_total{{{l}}} 7\n")));
         assert!(p.contains(&format!("tcmu_sg_policy_refused_total{{{l}}} 3\n")));
         assert!(p.contains(&format!("tcmu_sg_readonly_refused_total{{{l}}} 2\n")));
-        // Every sample line: name{labels} value.
+        // Every sample line: name{labels} value, or name value.
         for line in p.lines().filter(|l| !l.starts_with('#')) {
-            let (name, rest) = line.split_once('{').unwrap();
-            assert!(name.starts_with("tcmu_sg_"));
-            let (_, value) = rest.rsplit_once("} ").unwrap();
+            let (name, value) = match line.split_once('{') {
+                Some((name, rest)) => (name, rest.rsplit_once("} ").unwrap().1),
+                None => line.split_once(' ').unwrap(),
+            };
+            assert!(name.starts_with("tcmu_sg_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
         // Buckets are cumulative.

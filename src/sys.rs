@@ -373,6 +373,26 @@ pub fn reload_requested() -> bool {
     RELOAD.swap(false, Ordering::SeqCst)
 }
 
+/// The capabilities `run` needs that this process lacks in its effective
+/// set, by name: CAP_SYS_RAWIO (SG_IO with every CDB) and CAP_NET_ADMIN
+/// (the TCM-USER netlink group). Read from `CapEff` in a status file
+/// (`/proc/self/status`); unknown when it cannot be read (empty).
+pub fn missing_capabilities(status: &str) -> Vec<&'static str> {
+    const NEEDED: [(u32, &str); 2] = [(17, "CAP_SYS_RAWIO"), (12, "CAP_NET_ADMIN")];
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return Vec::new();
+    };
+    NEEDED
+        .iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|&(_, name)| name)
+        .collect()
+}
+
 /// Sends `msg` to systemd's notification socket (`$NOTIFY_SOCKET`, a path
 /// or an abstract name starting with '@'); false when there is none or
 /// the send failed. No libsystemd: the protocol is one datagram.
@@ -398,6 +418,18 @@ pub fn notify(msg: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capabilities_missing_from_the_effective_set() {
+        use super::missing_capabilities as m;
+        assert!(m("Name:\tx\nCapEff:\t000001ffffffffff\n").is_empty());
+        assert_eq!(
+            m("CapEff:\t0000000000000000\n"),
+            ["CAP_SYS_RAWIO", "CAP_NET_ADMIN"]
+        );
+        assert_eq!(m("CapEff:\t0000000000001000\n"), ["CAP_SYS_RAWIO"]);
+        assert!(m("no such line").is_empty());
+    }
+
     use super::*;
 
     #[test]

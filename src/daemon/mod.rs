@@ -135,8 +135,9 @@ impl Daemon {
     }
 
     /// Runs until SIGTERM/SIGINT. Under systemd (NOTIFY_SOCKET) it reports
-    /// READY=1 once netlink is open, D-Bus was tried and the devices found
-    /// are served, STATUS= with the device count, and STOPPING=1.
+    /// READY=1 once netlink is open (never before), D-Bus was tried and the
+    /// devices found are served, STATUS= with the device count, and
+    /// STOPPING=1.
     pub fn run(mut self) {
         let _status = self.opts.status_socket.as_ref().and_then(|p| {
             StatusServer::start(p, self.registry.view(), self.budget.clone())
@@ -147,6 +148,7 @@ impl Daemon {
         let mut told_count = usize::MAX;
         let mut nl: Option<netlink::Listener> = None;
         let mut nl_warned = false;
+        let mut waiting_told = false;
         let mut buf = vec![0u8; 16384];
         let mut revents = [0i16; 1];
         let mut last_scan = Instant::now() - self.opts.rescan;
@@ -178,8 +180,12 @@ impl Daemon {
                         nl = Some(l);
                     }
                     Err(e) if !nl_warned => {
-                        log::warn!(
-                            "no TCM-USER netlink events ({e}); rescanning sysfs every {:?}",
+                        let hint = netlink::open_hint(&e);
+                        log::error!(
+                            "no TCM-USER netlink events ({e}){}{hint}; not ready (systemd \
+                             is told so) until they open, retried every 0.5 s; meanwhile \
+                             sysfs is rescanned every {:?}",
+                            if hint.is_empty() { "" } else { ": " },
                             self.opts.rescan
                         );
                         nl_warned = true;
@@ -214,8 +220,18 @@ impl Daemon {
             if sys::reload_requested() {
                 self.reload();
             }
+            // Ready only once a device LIO adds is heard of: the unit's
+            // Before=rtslib-fb-targetctl.service then means a handler
+            // listens when LIO's saved configuration is restored.
             let n = self.device_count();
-            if !ready || n != told_count {
+            if nl.is_none() {
+                if !waiting_told {
+                    sys::notify(
+                        "STATUS=waiting for the TCM-USER netlink family (target_core_user)",
+                    );
+                    waiting_told = true;
+                }
+            } else if !ready || n != told_count {
                 let state = if ready { "" } else { "READY=1\n" };
                 sys::notify(&format!("{state}STATUS=serving {n} devices"));
                 ready = true;

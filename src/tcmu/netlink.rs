@@ -120,6 +120,21 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// What to do about an error of [`Listener::open`].
+pub fn open_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            "the kernel has no TCM-USER family: load target_core_user \
+             (modprobe target_core_user; the package loads it at boot through \
+             /usr/lib/modules-load.d/tcmu-sg.conf)"
+        }
+        Some(libc::EPERM | libc::EACCES) => {
+            "joining the TCM-USER group needs CAP_NET_ADMIN: run tcmu-sg as root"
+        }
+        _ => "",
+    }
+}
+
 impl Listener {
     /// Resolves the family and joins its `config` group. Fails when
     /// target_core_user is not loaded (no family) or without CAP_NET_ADMIN.
