@@ -21,6 +21,7 @@ pub mod export;
 pub mod inspect;
 pub mod mpath;
 pub mod passthrough;
+pub mod restore;
 pub mod settings;
 pub mod stats;
 pub mod status;

@@ -43,6 +43,16 @@ enum Cmd {
         #[arg(long, default_value = settings::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Before LIO's saved configuration is restored: give every user:sg
+    /// backstore in it nl_reply_supported=-1 in its saved control string,
+    /// so that tcmu-runner's answer cannot fail it (the packaged drop-in
+    /// for rtslib-fb-targetctl.service runs this before the restore).
+    PrepareRestore {
+        /// Saved configurations to prepare (default: those targetctl
+        /// reads, /etc/rtslib-fb-target/saveconfig.json and
+        /// /etc/target/saveconfig.json, where they exist).
+        files: Vec<PathBuf>,
+    },
     /// Write the man pages (tcmu-sg.8 and one per subcommand) into DIR.
     #[command(hide = true)]
     GenMan { dir: PathBuf },
@@ -333,6 +343,34 @@ fn export(a: ExportArgs) -> ExitCode {
     }
 }
 
+/// `tcmu-sg prepare-restore`: one line per backstore changed.
+fn prepare_restore(files: Vec<PathBuf>) -> ExitCode {
+    let files = if files.is_empty() {
+        tcmu_sg::restore::SAVE_FILES
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    } else {
+        files
+    };
+    let mut rc = ExitCode::SUCCESS;
+    for f in &files {
+        match tcmu_sg::restore::prepare_file(f) {
+            Ok(changed) => {
+                for name in changed {
+                    println!(
+                        "{}: user:sg backstore {name}: nl_reply_supported=-1 added to its \
+                         control string",
+                        f.display()
+                    );
+                }
+            }
+            Err(e) => rc = failed("prepare-restore", e),
+        }
+    }
+    rc
+}
+
 /// The man pages: clap's sections (the help subcommand left out, it has
 /// no page), then the reference that `--help` does not hold: the config
 /// string, settings, signals, files and exit status on tcmu-sg(8) and
@@ -530,6 +568,7 @@ fn main() -> ExitCode {
             .map_or_else(|e| failed("set-config", e), |()| ExitCode::SUCCESS),
         Cmd::Unexport { name, hba } => tcmu_sg::export::unexport(&target(), &name, hba)
             .map_or_else(|e| failed("unexport", e), |()| ExitCode::SUCCESS),
+        Cmd::PrepareRestore { files } => prepare_restore(files),
         Cmd::GenMan { dir } => gen_man(&dir),
         Cmd::GenCompletions { shell } => {
             clap_complete::generate(
