@@ -32,9 +32,13 @@ pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
 }
 
 /// An exclusive open refused with EBUSY becomes [`BackingError::Busy`],
-/// naming what holds the disk.
+/// naming what holds the disk; EPERM (as root: a device access list)
+/// [`BackingError::Denied`].
 fn name_holders(e: BackingError) -> BackingError {
     match e {
+        BackingError::Io { path, err } if err.raw_os_error() == Some(libc::EPERM) => {
+            BackingError::Denied(path)
+        }
         BackingError::Io { path, err } if err.raw_os_error() == Some(libc::EBUSY) => {
             let holders = holders_of(&path, sys(), Path::new("/proc/self/mountinfo"));
             BackingError::Busy {

@@ -51,6 +51,14 @@ pub enum BackingError {
          a busy disk every 2 s"
     )]
     Busy { path: PathBuf, holders: String },
+    #[error(
+        "{0}: Operation not permitted; as root this is a device access list: under \
+         systemd the unit's is fixed when it starts, from the drivers loaded then \
+         (the packaged unit loads sd_mod, sg, dm_mod and target_core_user first; for \
+         another driver add a DeviceAllow= drop-in), so restart it (systemctl restart \
+         tcmu-sg)"
+    )]
+    Denied(PathBuf),
     #[error("{0}: is a partition; pass the whole disk")]
     Partition(PathBuf),
     #[error("{path}: bad sysfs value in {file}")]
