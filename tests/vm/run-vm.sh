@@ -20,6 +20,11 @@
 #                      10.0.2.15; the host's loopback is 10.0.2.2)
 #   TCMU_SG_VM_EXTRA   more QEMU arguments (word-split)
 #   TCMU_SG_VM_SMP     vCPUs (default 2)
+#   TCMU_SG_VM_DISK    a raw ext4 image: the overlay's upper layer, so that a
+#                      later boot of the same image finds what this one wrote
+#   TCMU_SG_VM_INIT    "systemd": boot with systemd as PID 1; the script runs
+#                      as a unit after multi-user.target, then powers off
+#   TCMU_SG_VM_MASK    units to mask in such a boot (comma-separated)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${TCMU_SG_VM_CACHE:-/var/cache/tcmu-sg}
@@ -35,7 +40,7 @@ if [ ! -s "$initrd" ] || [ "$here/init" -nt "$initrd" ] || [ "$0" -nt "$initrd" 
     stage=$(mktemp -d)
     mkdir -p "$stage"/{bin,proc,sys,dev,host,rw,newroot,out,mods}
     cp /bin/busybox "$stage/bin/busybox"
-    for m in virtio_pci 9pnet_virtio 9p overlay; do
+    for m in virtio_pci 9pnet_virtio 9p overlay virtio_blk ext4; do
         modprobe -d "$kdir" -S "$kver" --show-depends "$m" | awk '/^insmod/{print $2}'
     done | awk '!seen[$0]++' > "$stage/mods/order.full"
     : > "$stage/mods/order"
@@ -62,6 +67,13 @@ fi
 if [ -n "${TCMU_SG_VM_NET:-}" ]; then
     extra+=(-netdev "user,id=n0,$TCMU_SG_VM_NET" -device virtio-net-pci,netdev=n0)
     cmdline_extra+=" tcmusg.net=1"
+fi
+if [ -n "${TCMU_SG_VM_DISK:-}" ]; then
+    extra+=(-drive "file=$TCMU_SG_VM_DISK,if=virtio,format=raw,cache=unsafe")
+fi
+if [ "${TCMU_SG_VM_INIT:-}" = systemd ]; then
+    cmdline_extra+=" tcmusg.init=systemd fstab=0 systemd.show_status=0"
+    [ -n "${TCMU_SG_VM_MASK:-}" ] && cmdline_extra+=" tcmusg.mask=$TCMU_SG_VM_MASK"
 fi
 # shellcheck disable=SC2206
 extra+=(${TCMU_SG_VM_EXTRA:-})
