@@ -55,12 +55,15 @@ BIN=$PWD/target/release/tcmu-sg
 LIO=$PWD/target/release/examples/lio
 vm() { bash tests/vm/run-vm.sh "$@"; }
 vm_on() { local k=$1; shift; TCMU_SG_VM_KERNEL=$k bash tests/vm/run-vm.sh "$@"; }
-package_and_ops() {
+DEB=""
+build_deb() {
     local deb
     deb=$(bash packaging/build-deb.sh) || return 1
-    echo "== [$((SECONDS - T0)) s] VM end-to-end tests: operations (the installed package, status, reload)"
-    bash tests/vm/run-vm.sh tests/vm/e2e-ops.sh "$PWD/$deb"
+    DEB=$PWD/$deb
 }
+need_deb() { [ -n "$DEB" ] || { echo "the package did not build"; return 1; }; }
+ops() { need_deb && bash tests/vm/run-vm.sh tests/vm/e2e-ops.sh "$DEB"; }
+systemd_suite() { need_deb && bash tests/vm/systemd.sh "$DEB"; }
 
 section "cargo fmt --check" cargo fmt --all -- --check
 section "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
@@ -93,8 +96,10 @@ vm_section "VM end-to-end tests: gateways in pairs (two gateway VMs, dm-multipat
     bash tests/vm/gateways.sh "$BIN"
 vm_section "VM end-to-end tests: a QEMU guest doing passthrough on tcmu-sg LUNs over iSCSI" \
     bash tests/vm/guest-passthrough.sh "$BIN" "$LIO"
-vm_section "Debian package (cargo-deb, lintian, systemd-analyze security) and the operations suite on it" \
-    package_and_ops
+vm_section "Debian package (cargo-deb, lintian, systemd-analyze security)" build_deb
+vm_section "VM end-to-end tests: operations (the installed package, status, reload)" ops
+vm_section "VM end-to-end tests: the package under systemd as PID 1, across a reboot, with and without tcmu-runner" \
+    systemd_suite
 
 echo
 echo "== [$((SECONDS - T0)) s] summary"
