@@ -122,6 +122,8 @@ if [ "$PHASE" = first ]; then
     targetcli /backstores/user:sg create name=d1 size=16M cfgstring="$LATE"$ctl >> /vm-out/targetcli.txt 2>&1
     check "a second backstore over the late LUN" \
         wait_for 20 bash -c "journalctl -b -u tcmu-sg -o cat | grep -q 'user_[0-9]*/d1 .* serving'"
+    check "  STATUS= follows the device count (systemctl status: serving 2 devices)" \
+        wait_for 10 bash -c "systemctl show -p StatusText tcmu-sg | grep -q 'serving 2 devices'"
     late_down
     targetcli saveconfig > /dev/null 2>&1
     check "targetcli saveconfig saves the LUNs" \
@@ -159,6 +161,8 @@ check "the restore skipped nothing" bash -c "! grep -qi 'skipped\|could not' /vm
 check "  the backstore came back enabled" grep -q 1 "$(so_dir d0)/enable"
 [ "$VARIANT" = runner ] && check "  its control string kept nl_reply_supported=-1 (the drop-in)" \
     grep -q 'nl_reply_supported=-1' /etc/rtslib-fb-target/saveconfig.json
+check "  STATUS= counts both restored devices" \
+    wait_for 30 bash -c "systemctl show -p StatusText tcmu-sg | grep -q 'serving 2 devices'"
 check "the daemon serves it" wait_for 30 bash -c "journalctl -b -u tcmu-sg -o cat | grep -q 'user_[0-9]*/d0 .* serving'"
 udevadm settle
 wait_for 30 test -n "$(lun_of)"

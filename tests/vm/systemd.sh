@@ -22,7 +22,7 @@ for boot in first:runner reboot:runner reboot:none; do
     mask=""
     [ "$variant" = none ] && mask=tcmu-runner.service
     out=$work/$phase-$variant
-    echo "== [$((SECONDS - t0)) s] systemd suite: $phase boot, tcmu-runner ${variant/none/masked} (logs in $out)"
+    echo "== [$((SECONDS - t0)) s] systemd suite: $phase boot, tcmu-runner $([ "$variant" = none ] && echo masked || echo enabled) (logs in $out)"
     if ! TCMU_SG_VM_OUT=$out TCMU_SG_VM_DISK=$img TCMU_SG_VM_INIT=systemd \
             TCMU_SG_VM_MASK=$mask TCMU_SG_VM_TIMEOUT=900 \
             bash "$here/run-vm.sh" "$here/e2e-systemd.sh" "$phase" "$variant" "$DEB"; then
