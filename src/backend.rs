@@ -25,16 +25,16 @@ pub fn probe(cfg: &DevConfig) -> Result<BackingInfo, BackingError> {
 pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
     let r = backing::resolve(&cfg.path, sys())?;
     if crate::mpath::is_dm(&r, sys()) {
-        return crate::mpath::open(cfg, &r).map_err(name_holders);
+        return crate::mpath::open(cfg, &r).map_err(explain_open_error);
     }
     refuse_a_maps_path(cfg, &r)?;
-    backing::open(cfg).map_err(name_holders)
+    backing::open(cfg).map_err(explain_open_error)
 }
 
 /// An exclusive open refused with EBUSY becomes [`BackingError::Busy`],
 /// naming what holds the disk; EPERM (as root: a device access list)
 /// [`BackingError::Denied`].
-fn name_holders(e: BackingError) -> BackingError {
+fn explain_open_error(e: BackingError) -> BackingError {
     match e {
         BackingError::Io { path, err } if err.raw_os_error() == Some(libc::EPERM) => {
             BackingError::Denied(path)
@@ -119,12 +119,9 @@ fn refuse_a_maps_path(cfg: &DevConfig, r: &backing::Resolved) -> Result<(), Back
     let dev = if r.block {
         r.sysfs(sys())
     } else {
-        match std::fs::read_dir(r.sysfs(sys()).join("device/block"))
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-        {
-            Some(e) => e.path(),
+        let block = r.sysfs(sys()).join("device/block");
+        match backing::first_entry(&block) {
+            Some(n) => block.join(n),
             None => return Ok(()),
         }
     };
@@ -158,7 +155,7 @@ pub fn check_config(cfg: &str) -> Result<String, String> {
     let info = probe(&c).map_err(|e| e.to_string())?;
     if info.block {
         backing::open_node(&info, true)
-            .map_err(name_holders)
+            .map_err(explain_open_error)
             .map_err(|e| e.to_string())?;
     }
     let mut out = format!("sg: {}", info.describe());

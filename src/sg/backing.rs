@@ -351,6 +351,12 @@ impl Backing {
     }
 }
 
+/// The name of the first entry of a sysfs directory that holds one link
+/// or node (`device/scsi_generic`, `device/block`), if it has any.
+pub(crate) fn first_entry(dir: &Path) -> Option<std::ffi::OsString> {
+    fs::read_dir(dir).ok()?.next()?.ok().map(|e| e.file_name())
+}
+
 pub(crate) fn read_trim(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
@@ -459,11 +465,8 @@ pub fn probe_resolved(
         if d.join("partition").exists() {
             return Err(BackingError::Partition(given.clone()));
         }
-        let sg = fs::read_dir(d.join("device/scsi_generic"))
-            .ok()
-            .and_then(|mut it| it.next())
-            .and_then(|e| e.ok())
-            .map(|e| sys.join("class/scsi_generic").join(e.file_name()));
+        let sg = first_entry(&d.join("device/scsi_generic"))
+            .map(|n| sys.join("class/scsi_generic").join(n));
         (Some(d), sg)
     } else {
         let d = r.sysfs(sys);
@@ -472,11 +475,8 @@ pub fn probe_resolved(
         if subsystem != Some("scsi_generic".as_ref()) {
             // A tape's st node or a changer's ch node: its SCSI device
             // has an sg node, which is the one to give.
-            let sg = fs::read_dir(d.join("device/scsi_generic"))
-                .ok()
-                .and_then(|mut it| it.next())
-                .and_then(|e| e.ok())
-                .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()));
+            let sg = first_entry(&d.join("device/scsi_generic"))
+                .map(|n| format!("/dev/{}", n.to_string_lossy()));
             if let (Some(sg), Some(driver)) = (sg, subsystem) {
                 return Err(BackingError::UseSgNode {
                     path: given.clone(),
@@ -486,11 +486,7 @@ pub fn probe_resolved(
             }
             return Err(BackingError::NotScsi(given.clone()));
         }
-        let blk = fs::read_dir(d.join("device/block"))
-            .ok()
-            .and_then(|mut it| it.next())
-            .and_then(|e| e.ok())
-            .map(|e| sys.join("class/block").join(e.file_name()));
+        let blk = first_entry(&d.join("device/block")).map(|n| sys.join("class/block").join(n));
         (blk, Some(d))
     };
     let scsi_dev = blockdir
