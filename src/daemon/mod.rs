@@ -148,7 +148,6 @@ impl Daemon {
         let mut told_count = usize::MAX;
         let mut nl: Option<netlink::Listener> = None;
         let mut nl_warned = false;
-        let mut waiting_told = false;
         let mut buf = vec![0u8; 16384];
         let mut revents = [0i16; 1];
         let mut last_scan = Instant::now() - self.opts.rescan;
@@ -188,6 +187,9 @@ impl Daemon {
                             if hint.is_empty() { "" } else { ": " },
                             self.opts.rescan
                         );
+                        sys::notify(
+                            "STATUS=waiting for the TCM-USER netlink family (target_core_user)",
+                        );
                         nl_warned = true;
                     }
                     Err(_) => {}
@@ -224,14 +226,7 @@ impl Daemon {
             // Before=rtslib-fb-targetctl.service then means a handler
             // listens when LIO's saved configuration is restored.
             let n = self.device_count();
-            if nl.is_none() {
-                if !waiting_told {
-                    sys::notify(
-                        "STATUS=waiting for the TCM-USER netlink family (target_core_user)",
-                    );
-                    waiting_told = true;
-                }
-            } else if !ready || n != told_count {
+            if nl.is_some() && (!ready || n != told_count) {
                 let state = if ready { "" } else { "READY=1\n" };
                 sys::notify(&format!("{state}STATUS=serving {n} devices"));
                 ready = true;
