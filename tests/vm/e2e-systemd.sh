@@ -69,6 +69,10 @@ late_down() {
 # Its by-id link: LIO's NAA follows the unit serial given above.
 LATE_LINK=/dev/disk/by-id/wwn-0x60014055e5e5e5e00004000800000000
 late_link() { wait_for 20 test -b "$LATE_LINK" && echo "$LATE_LINK"; }
+# The initiator's disk once udev has it (within SECONDS), and a 1 MiB
+# pattern written to it.
+await_lun() { udevadm settle; wait_for "$1" test -n "$(lun_of)"; lun_of; }
+write_pattern() { pattern | dd of="$1" bs=1M count=1 iflag=fullblock oflag=direct status=none 2>/dev/null; }
 pattern() { python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 4096)"; }
 
 if [ "$PHASE" = first ]; then
@@ -103,12 +107,10 @@ if [ "$PHASE" = first ]; then
     targetcli /loopback create > /dev/null 2>&1
     targetcli "/loopback/$(ls /sys/kernel/config/target/loopback | grep naa | head -1)/luns" \
         create /backstores/user:sg/d0 >> /vm-out/targetcli.txt 2>&1
-    udevadm settle
-    wait_for 20 test -n "$(lun_of)"
-    LUN=$(lun_of)
+    LUN=$(await_lun 20)
     echo "initiator disk: $LUN"
     check "the initiator sees the LUN" test -b "$LUN"
-    pattern | dd of="$LUN" bs=1M count=1 iflag=fullblock oflag=direct status=none 2>/dev/null
+    write_pattern "$LUN"
     check "  a pattern written through it reaches the disk" \
         cmp -n 1048576 <(pattern) <(dd if="$(readlink -f "$BACK")" bs=1M count=1 iflag=direct status=none)
     # --- a SAN LUN that logs in late ------------------------------------------------
@@ -164,14 +166,12 @@ check "  the backstore came back enabled" grep -q 1 "$(so_dir d0)/enable"
 check "  STATUS= counts both restored devices" \
     wait_for 30 bash -c "systemctl show -p StatusText tcmu-sg | grep -q 'serving 2 devices'"
 check "the daemon serves it" wait_for 30 bash -c "journalctl -b -u tcmu-sg -o cat | grep -q 'user_[0-9]*/d0 .* serving'"
-udevadm settle
-wait_for 30 test -n "$(lun_of)"
-LUN=$(lun_of)
+LUN=$(await_lun 30)
 echo "initiator disk after the reboot: $LUN"
 check "the initiator sees the LUN again" test -b "$LUN"
 # (scsi_debug keeps its data in memory: what the first boot wrote is gone,
 # so the pattern is written again)
-pattern | dd of="$LUN" bs=1M count=1 iflag=fullblock oflag=direct status=none 2>/dev/null
+write_pattern "$LUN"
 check "  and I/O runs through it: a pattern written and read back" \
     cmp -n 1048576 <(pattern) <(dd if="$LUN" bs=1M count=1 iflag=direct status=none)
 # The SAN LUN that logs in late: restored without it, served once it is there.
