@@ -21,12 +21,14 @@ pub fn probe(cfg: &DevConfig) -> Result<BackingInfo, BackingError> {
     backing::probe_resolved(cfg, &r, sys())
 }
 
-/// Opens the backing device for SG_IO.
-pub fn open(cfg: &DevConfig) -> Result<Backing, BackingError> {
+/// Opens the backing device for SG_IO, for the device `served`
+/// (`user_<hba>/<name>`).
+pub fn open(cfg: &DevConfig, served: &str) -> Result<Backing, BackingError> {
     let r = backing::resolve(&cfg.path, sys())?;
     if crate::mpath::is_dm(&r, sys()) {
         return crate::mpath::open(cfg, &r).map_err(explain_open_error);
     }
+    refuse_own_lun(cfg, &r, served, sys())?;
     refuse_a_maps_path(cfg, &r)?;
     backing::open(cfg).map_err(explain_open_error)
 }
@@ -111,6 +113,37 @@ pub fn holders_of(node: &Path, sys: &Path, mountinfo: &Path) -> Vec<String> {
     out
 }
 
+/// The tcm_loop LUN that exports this very device: every command sent to
+/// it would come back to the device and wait on itself until its SG_IO
+/// timeout. Refused before anything is sent (a node name such as
+/// /dev/sdc passes to that LUN when the disk that had it goes).
+fn refuse_own_lun(
+    cfg: &DevConfig,
+    r: &backing::Resolved,
+    served: &str,
+    sys: &Path,
+) -> Result<(), BackingError> {
+    let addr = r
+        .sysfs(sys)
+        .join("device")
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name()?.to_str()?.parse::<configfs::ScsiAddr>().ok());
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let lio = configfs::Target::at(sys.join("kernel/config/target"));
+    let own = lio.root().join("core").join(served).canonicalize().ok();
+    match lio.loop_lun_backstore(&addr) {
+        Some(b) if Some(&b) == own.as_ref() => Err(BackingError::OwnLun {
+            path: cfg.path.clone(),
+            served: served.to_string(),
+            lun: addr.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A disk that a multipath map holds is one path to a unit the map
 /// reaches by several (and the map's claim keeps it from being opened
 /// exclusively): say which map to give instead.
@@ -191,5 +224,62 @@ mod tests {
         assert_eq!(floor_note(&c("sg//dev/sdb;timeout_s=3"), false), None);
         assert_eq!(floor_note(&c("sg//dev/sdb;timeout_s=7"), true), None);
         assert_eq!(floor_note(&c("sg//dev/sdb"), true), None);
+    }
+
+    /// A sysfs and configfs of our own: sdc (8:32) is 3:0:1:0, the LUN
+    /// tcm_loop target naa.1's tpgt_1 exports from core/user_1/d0.
+    #[test]
+    fn a_device_is_refused_its_own_lun() {
+        let t = std::env::temp_dir().join(format!("tcmu-sg-ownlun-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        let mk = |p: &str| std::fs::create_dir_all(t.join(p)).unwrap();
+        mk("devices/host3/target3:0:1/3:0:1:0");
+        mk("dev/block/8:32");
+        std::os::unix::fs::symlink(
+            t.join("devices/host3/target3:0:1/3:0:1:0"),
+            t.join("dev/block/8:32/device"),
+        )
+        .unwrap();
+        let lio = "kernel/config/target";
+        mk(&format!("{lio}/core/user_1/d0"));
+        mk(&format!("{lio}/core/user_1/d1"));
+        mk(&format!("{lio}/loopback/naa.1/tpgt_1/lun/lun_0"));
+        std::fs::write(
+            t.join(format!("{lio}/loopback/naa.1/tpgt_1/address")),
+            "3:0:1\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            t.join(format!("{lio}/core/user_1/d0")),
+            t.join(format!(
+                "{lio}/loopback/naa.1/tpgt_1/lun/lun_0/tcm_loop_port"
+            )),
+        )
+        .unwrap();
+        let cfg = crate::config::parse("sg//dev/sdc").unwrap();
+        let sdc = |minor| backing::Resolved {
+            real: "/dev/sdc".into(),
+            block: true,
+            major: 8,
+            minor,
+        };
+        let e = refuse_own_lun(&cfg, &sdc(32), "user_1/d0", &t).unwrap_err();
+        assert!(matches!(e, BackingError::OwnLun { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the LUN user_1/d0 itself exports (tcm_loop, 3:0:1:0)"),
+            "{e}"
+        );
+        // Another device may be stacked on d0's LUN; a disk of another
+        // host, or a node without a SCSI address, is no LUN of ours.
+        assert!(refuse_own_lun(&cfg, &sdc(32), "user_1/d1", &t).is_ok());
+        assert!(refuse_own_lun(&cfg, &sdc(48), "user_1/d0", &t).is_ok());
+        std::fs::write(
+            t.join(format!("{lio}/loopback/naa.1/tpgt_1/address")),
+            "4:0:1\n",
+        )
+        .unwrap();
+        assert!(refuse_own_lun(&cfg, &sdc(32), "user_1/d0", &t).is_ok());
+        let _ = std::fs::remove_dir_all(&t);
     }
 }

@@ -128,6 +128,31 @@ impl Target {
         })
     }
 
+    /// The backstore a tcm_loop LUN exports, by the LUN's initiator-side
+    /// address (a TPG's `address` holds `<host>:0:<tpgt>`, and the
+    /// initiator's target id is the tpgt): the canonical `core/...`
+    /// directory its port link leads to, or None for a LUN of another
+    /// SCSI host.
+    pub fn loop_lun_backstore(&self, addr: &ScsiAddr) -> Option<PathBuf> {
+        if addr.channel != 0 {
+            return None;
+        }
+        let want = format!("{}:0:{}", addr.host, addr.target);
+        let loopback = self.root.join("loopback");
+        let tpg = list(&loopback).into_iter().find_map(|wwn| {
+            let t = loopback.join(wwn).join(format!("tpgt_{}", addr.target));
+            (read(&t.join("address")).ok()? == want).then_some(t)
+        })?;
+        let lun = tpg.join(format!("lun/lun_{}", addr.lun));
+        fs::read_dir(lun)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.is_symlink())?
+            .canonicalize()
+            .ok()
+    }
+
     /// A ramdisk backstore `core/rd_mcp_<hba>/<name>` (not created yet), with
     /// LIO's own SPC-3 persistent reservations.
     pub fn ramdisk(&self, hba: u32, name: &str) -> Result<Ramdisk> {

@@ -98,13 +98,14 @@ impl Retry {
 }
 
 /// Opens the backing device of a config string (options it leaves unset
-/// from `defaults`), or says why not.
-pub fn open_backing(cfg: &str, defaults: &OptionDefaults) -> BackingState {
+/// from `defaults`) for the device `served` (`user_<hba>/<name>`), or
+/// says why not.
+pub fn open_backing(cfg: &str, defaults: &OptionDefaults, served: &str) -> BackingState {
     let c = match crate::config::parse_with(cfg, defaults) {
         Ok(c) => c,
         Err(e) => return BackingState::Bad(e.to_string()),
     };
-    match crate::backend::open(&c) {
+    match crate::backend::open(&c, served) {
         Ok(b) => BackingState::Up(Arc::new(b)),
         Err(e) if e.is_absent() || e.is_busy() => {
             let timeouts = backing::timeouts_of(&c, crate::scsi::direction::DeviceClass::Block);
@@ -157,16 +158,19 @@ pub struct BackingSlot {
     state: Mutex<BackingState>,
     /// The device, for logs.
     label: String,
+    /// The device's backstore, `user_<hba>/<name>`.
+    served: String,
 }
 
 impl BackingSlot {
-    pub fn new(state: BackingState, label: &str) -> BackingSlot {
+    pub fn new(state: BackingState, label: &str, served: &str) -> BackingSlot {
         if let BackingState::Up(b) = &state {
             b.engine.set_label(label);
         }
         BackingSlot {
             state: Mutex::new(state),
             label: label.to_string(),
+            served: served.to_string(),
         }
     }
 
@@ -279,7 +283,7 @@ impl BackingSlot {
             return Reopen::Wait(due - now);
         }
         // Opened without the lock: probing and INQUIRY take a while.
-        let opened = crate::backend::open(&cfg);
+        let opened = crate::backend::open(&cfg, &self.served);
         let mut st = self.state.lock().unwrap();
         let BackingState::Lost(l) = &mut *st else {
             return Reopen::Idle; // reconfigured meanwhile
@@ -324,8 +328,12 @@ impl BackingSlot {
                     l.refused = b.identity.clone();
                 }
             }
-            // A busy disk says so once, and again when what holds it changes.
-            Err(e) if e.is_busy() && l.why != e.to_string() => {
+            // A busy disk says so once, and again when what holds it
+            // changes; so does a path that now leads to the device's own LUN.
+            Err(e)
+                if (e.is_busy() || matches!(e, backing::BackingError::OwnLun { .. }))
+                    && l.why != e.to_string() =>
+            {
                 log::warn!("{}: {e}", self.label);
                 l.why = e.to_string();
             }
@@ -340,7 +348,7 @@ impl BackingSlot {
     pub fn reconfigure(&self, cfg: &str, defaults: &OptionDefaults) -> usize {
         let mut b = self.state.lock().unwrap();
         *b = BackingState::Bad("reconfiguring".into());
-        *b = open_backing(cfg, defaults);
+        *b = open_backing(cfg, defaults, &self.served);
         if let BackingState::Up(nb) = &*b {
             nb.engine.set_label(&self.label);
         }

@@ -238,7 +238,7 @@ impl Device {
         cmd_time_out: (std::path::PathBuf, Duration),
     ) -> std::io::Result<Device> {
         let label = format!("{} ({})", names.name, names.uio);
-        let backing = BackingSlot::new(backing, &label);
+        let backing = BackingSlot::new(backing, &label, &names.name);
         let guard = stall::Guard::new(&label, cmd_time_out.0, cmd_time_out.1);
         Ok(Device {
             label,

@@ -169,7 +169,11 @@ impl Registry {
             },
             if tmr { "on" } else { "not offered" }
         );
-        let backing = open_backing(&d.name.cfg, &self.defaults.read().unwrap());
+        let backing = open_backing(
+            &d.name.cfg,
+            &self.defaults.read().unwrap(),
+            &d.name.configfs_dir(),
+        );
         let cap = backing.cap();
         let cmd_time_out = (
             cmd_time_out.0,

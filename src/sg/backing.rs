@@ -59,6 +59,17 @@ pub enum BackingError {
          tcmu-sg)"
     )]
     Denied(PathBuf),
+    #[error(
+        "{path}: the LUN {served} itself exports (tcm_loop, {lun}): every command sent \
+         to it would come back to this device and wait on itself; give the node of the \
+         disk it is to serve (a name such as /dev/sdc passes to another disk when the \
+         one that had it goes: /dev/disk/by-id names stay)"
+    )]
+    OwnLun {
+        path: PathBuf,
+        served: String,
+        lun: String,
+    },
     #[error("{0}: is a partition; pass the whole disk")]
     Partition(PathBuf),
     #[error("{path}: bad sysfs value in {file}")]

@@ -254,6 +254,23 @@ t=$($SGIO run "$LUN_SG" 000000000000)
 check "  which answers" grep -q '"status": 0,' <<< "$t"
 "$BIN" set-config --name d1 "sg/$BACK"
 
+# --- its own LUN -------------------------------------------------------------
+# d1 pointed at the LUN it exports itself (as when a node name such as
+# /dev/sdc passes to that LUN): refused before anything is sent, naming it,
+# instead of each command coming back to d1 and waiting on itself.
+wait_log "reconfigured: .*max transfer 4096 KiB" || true
+OWN=/dev/$(ls "/sys/class/scsi_generic/${LUN_SG#/dev/}/device/block/" | head -1)
+from=$(wc -l < "$LOG")
+"$BIN" set-config --name d1 "sg/$OWN"
+check "RECONFIG to the device's own LUN ($OWN) is refused, naming it" \
+    wait_new "reconfigured with a bad config ($OWN: the LUN user_[0-9]*/d1 itself exports (tcm_loop, "
+t=$(timeout 20 $SGIO run "$LUN_SG" 000000000000)
+echo "TEST UNIT READY while d1 is pointed at its own LUN: $t"
+check "  and commands are answered NOT READY, not sent round to itself" \
+    grep -q '"status": 2,.*"sense": "700002000000000a00000000040300000000"' <<< "$t"
+"$BIN" set-config --name d1 "sg/$BACK"
+wait_log "reconfigured: .*max transfer 4096 KiB" || true
+
 # --- a dead backing device ---------------------------------------------------
 # scsi_debug ignores every command (opts=4, every_nth=1): our SG_IO times out
 # after timeout_s=2 and the initiator gets an answer well before LIO's 30 s
