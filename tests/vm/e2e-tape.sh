@@ -174,10 +174,13 @@ st_read() { # LABEL NODE BS [COUNT]
         echo "$1 $(tail -1 <<< "$out" | cut -d' ' -f1) $(md5sum < /tmp/st-out | cut -c1-12)"
     fi
 }
+st_write() { # FILE NODE BS: one dd record; prints the bytes written
+    dd if="$1" of="$2" bs="$3" count=1 2>&1 | tail -1 | cut -d' ' -f1
+}
 st_cases() { # NST
     local n=$1
     $MT -f "$n" rewind; $MT -f "$n" setblk 512; echo "fixed 512: setblk $?"
-    dd if=/tmp/st-in16 of="$n" bs=16384 count=1 2>&1 | tail -1 | cut -d' ' -f1
+    st_write /tmp/st-in16 "$n" 16384
     $MT -f "$n" weof 1; $MT -f "$n" rewind
     st_read "read 16k" "$n" 16384; st_read "  then" "$n" 16384
     $MT -f "$n" rewind
@@ -185,8 +188,8 @@ st_cases() { # NST
     $MT -f "$n" rewind
     st_read "read 4k x3 (shorter)" "$n" 4096 3; st_read "  then 8k" "$n" 8192; st_read "  then" "$n" 8192
     $MT -f "$n" rewind; $MT -f "$n" setblk 0; echo "variable: setblk $?"
-    dd if=/tmp/st-in16 of="$n" bs=16384 count=1 2>&1 | tail -1 | cut -d' ' -f1
-    dd if=/tmp/st-in1k of="$n" bs=1024 count=1 2>&1 | tail -1 | cut -d' ' -f1
+    st_write /tmp/st-in16 "$n" 16384
+    st_write /tmp/st-in1k "$n" 1024
     $MT -f "$n" weof 1; $MT -f "$n" rewind
     st_read "read 32k (longer than 16k)" "$n" 32768; st_read "  then" "$n" 32768; st_read "  then" "$n" 32768
     $MT -f "$n" rewind
@@ -195,7 +198,7 @@ st_cases() { # NST
 }
 # dd writes what one read of its input returned: fed by a pipe (`head -c
 # 16384 /dev/urandom | dd of=TAPE bs=16384 count=1`) it gets 8192 bytes
-# now and then (1 time in 20 on the build machine) and writes "0+1
+# now and then (4 times in 100 on the build machine) and writes "0+1
 # records", 16 blocks. Here the short input is an 8192-byte file, which
 # gives the same record every time. A 16 KiB read must then return 8192
 # and the next 0, on every path: a read returns what the write put there.
@@ -203,7 +206,7 @@ head -c 8192 /tmp/st-in16 > /tmp/st-in8k
 st_short() { # NST
     local n=$1 w
     $MT -f "$n" rewind; $MT -f "$n" setblk 512
-    w=$(dd if=/tmp/st-in8k of="$n" bs=16384 count=1 2>&1 | tail -1 | cut -d' ' -f1)
+    w=$(st_write /tmp/st-in8k "$n" 16384)
     $MT -f "$n" weof 1; $MT -f "$n" rewind
     echo "wrote $w read $(st_read "" "$n" 16384 | cut -d' ' -f2-) then $(st_read "" "$n" 16384 | cut -d' ' -f2)"
     $MT -f "$n" rewind
